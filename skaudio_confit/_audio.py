@@ -1,0 +1,354 @@
+"""The audio input layer shared by every estimator.
+
+Everything a user can pass as ``X`` comes through :func:`load_waveforms`, which
+validates it and returns one mono float32 waveform per clip at the backbone's
+sampling rate. Cropping, padding and windowing helpers live here too, so that the
+estimators never look at raw user input themselves.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from pathlib import Path
+
+import numpy as np
+
+# The axis with at most this many entries is taken as the channel axis of a 2-D clip.
+_MAX_CHANNELS = 16
+
+# Integer PCM types and the value that maps to full scale (1.0).
+_PCM_SCALE = {
+    np.dtype(np.int8): 2.0**7,
+    np.dtype(np.int16): 2.0**15,
+    np.dtype(np.int32): 2.0**31,
+}
+
+
+def check_sampling_rate(sampling_rate, name="sampling_rate"):
+    """Return ``sampling_rate`` as a positive float, or raise a clear error."""
+    if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, numbers.Real):
+        raise TypeError(f"{name} must be a positive number, got {sampling_rate!r}.")
+    if not np.isfinite(sampling_rate) or sampling_rate <= 0:
+        raise ValueError(f"{name} must be a positive number, got {sampling_rate!r}.")
+    return float(sampling_rate)
+
+
+def _is_path(item):
+    return isinstance(item, (str, os.PathLike))
+
+
+def as_clip_list(X):
+    """Turn any accepted ``X`` into a list of clips (arrays or paths), without reading files.
+
+    Accepted: a list/tuple (or pandas Series, or 1-column DataFrame) whose items are
+    1-D arrays, 2-D multi-channel arrays or file paths; a 2-D numeric array
+    ``(n_clips, n_samples)``; a 3-D numeric array ``(n_clips, n_channels, n_samples)``
+    (an object array of numbers counts as numeric). Sparse matrices are refused.
+    """
+    if hasattr(X, "iloc") and hasattr(X, "columns"):  # pandas DataFrame
+        if X.shape[1] != 1:
+            raise ValueError(
+                "A DataFrame X must have exactly one column holding clips or file paths, "
+                f"got {X.shape[1]} columns."
+            )
+        X = X.iloc[:, 0]
+    if hasattr(X, "iloc"):  # pandas Series
+        X = X.tolist()
+    if _is_path(X):
+        raise TypeError(
+            "X must be a list of clips or file paths, got a single path "
+            f"{str(X)!r}; wrap it in a list: [path]."
+        )
+    if _is_sparse(X):
+        raise TypeError(
+            f"Sparse input ({type(X).__name__}) is not supported: X must be a list of "
+            "clips or file paths, or a dense 2-D array (n_clips, n_samples); use "
+            "X.toarray() if it really holds equal-length clips."
+        )
+    if hasattr(X, "detach"):  # torch tensor, possibly on a GPU or requiring grad
+        X = _torch_to_numpy(X)
+    if isinstance(X, np.ndarray):
+        if X.dtype == object and X.ndim in (2, 3):
+            # Equal-length clips in an object array (np.array(clips, dtype=object)
+            # stacks them): numbers are read as float64, anything else is an error.
+            try:
+                X = X.astype(np.float64)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(
+                    f"A {X.ndim}-D object array X must hold numbers (n_clips, n_samples); "
+                    f"converting it failed: {exc}"
+                ) from None
+        if X.dtype == object or (X.ndim == 1 and X.dtype.kind in "US"):  # e.g. paths
+            if X.ndim != 1:
+                raise ValueError(f"An object array X must be 1-D, got shape {X.shape}.")
+            return list(X)
+        if X.ndim == 0:
+            raise ValueError("X must be a list of clips or a 2-D array, got a scalar.")
+        if X.ndim == 1:
+            raise ValueError(
+                "Expected a list of clips or a 2-D array (n_clips, n_samples), got a 1-D "
+                "array of numbers. Reshape your data using array.reshape(1, -1) if it "
+                "contains a single clip, or pass [clip]."
+            )
+        if X.ndim > 3:
+            raise ValueError(
+                "A numeric array X must be 2-D (n_clips, n_samples) or 3-D "
+                f"(n_clips, n_channels, n_samples), got shape {X.shape}."
+            )
+        if X.shape[-1] == 0 and X.shape[0] > 0:
+            # scikit-learn's wording for arrays without features, plus what it means here.
+            raise ValueError(
+                f"Found array with 0 feature(s) (shape={X.shape}) while a minimum of 1 is "
+                "required: every clip needs at least one sample."
+            )
+        return list(X)
+    if isinstance(X, (list, tuple)):
+        if len(X) > 0 and all(
+            isinstance(v, numbers.Number) and not isinstance(v, bool) for v in X
+        ):
+            raise ValueError(
+                "Expected a list of clips, got a flat list of numbers. If it is a single "
+                "clip, pass [clip] or np.reshape(clip, (1, -1))."
+            )
+        return list(X)
+    if hasattr(X, "__array__") or hasattr(X, "numpy"):  # e.g. a torch tensor
+        return as_clip_list(np.asarray(X))
+    raise TypeError(
+        "X must be a list of clips (1-D arrays) or file paths, or a 2-D array "
+        f"(n_clips, n_samples); got {type(X).__name__}."
+    )
+
+
+def _is_sparse(X):
+    try:
+        from scipy import sparse
+    except ImportError:  # pragma: no cover - scipy comes with scikit-learn
+        return False
+    return sparse.issparse(X)
+
+
+def _torch_to_numpy(tensor):
+    """A torch tensor as a numpy array (float16/bfloat16 widened to float32)."""
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if tensor.is_floating_point() else tensor).numpy()
+
+
+def _to_mono_float(clip, index):
+    """Validate one in-memory clip and return it as mono float32."""
+    if hasattr(clip, "detach"):  # torch tensor
+        clip = _torch_to_numpy(clip)
+    try:
+        arr = np.asarray(clip)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise TypeError(f"Clip {index} is not a numeric array: {exc}") from None
+    if arr.dtype.kind == "c":
+        # ValueError with scikit-learn's wording, as check_array raises for complex data.
+        raise ValueError(
+            f"Clip {index} has complex samples (dtype {arr.dtype}): Complex data not "
+            "supported; pass real float or integer PCM samples."
+        )
+    if arr.dtype == object or arr.dtype.kind in "USVMmb":
+        raise TypeError(
+            f"Clip {index} has non-numeric or unsupported data (dtype {arr.dtype}); "
+            "expected real float or integer PCM samples, or a file path."
+        )
+    if arr.size == 0:  # before mixing, whose channel guess is meaningless when empty
+        raise ValueError(f"Clip {index} is empty (0 samples).")
+    if arr.ndim == 2:
+        arr = _mix_to_mono(arr, index)
+    elif arr.ndim != 1:
+        raise ValueError(
+            f"Clip {index} must be 1-D (samples) or 2-D (channels x samples), got shape "
+            f"{arr.shape}."
+        )
+    if arr.dtype.kind in "iu":
+        arr = _pcm_to_float(arr, index)
+    else:
+        arr = arr.astype(np.float32, copy=False)
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"Clip {index} contains NaN or infinite samples.")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _mix_to_mono(arr, index):
+    n0, n1 = arr.shape
+    if n0 <= _MAX_CHANNELS and n0 <= n1:
+        channel_axis = 0
+    elif n1 <= _MAX_CHANNELS:
+        channel_axis = 1
+    else:
+        raise ValueError(
+            f"Clip {index} has shape {arr.shape}: cannot tell channels from samples. "
+            f"A 2-D clip must have at most {_MAX_CHANNELS} channels on one axis."
+        )
+    if arr.dtype.kind in "iu":
+        arr = _pcm_to_float(arr, index)
+    return arr.astype(np.float32, copy=False).mean(axis=channel_axis)
+
+
+def _pcm_to_float(arr, index):
+    """Integer samples as float32.
+
+    int8/int16/int32 are PCM, scaled so that full scale is 1.0; uint8 is 8-bit WAV
+    PCM, centred on 128. Other integer types (int64, uint16, uint32, uint64) have no
+    PCM convention: their values are taken as sample values as they are, cast to
+    float32 (so ``np.arange(n)`` or scikit-learn's integer test data are accepted).
+    """
+    if arr.dtype == np.uint8:  # 8-bit WAV convention: unsigned, centred on 128
+        return (arr.astype(np.float32) - 128.0) / 128.0
+    scale = _PCM_SCALE.get(arr.dtype)
+    if scale is None:
+        return arr.astype(np.float32)
+    return (arr.astype(np.float64) / scale).astype(np.float32)
+
+
+def read_audio_file(path):
+    """Read one audio file as mono float32; return ``(waveform, sampling_rate)``."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Audio file not found: {str(path)!r}.")
+    if path.is_dir():
+        raise ValueError(f"Expected an audio file, got a directory: {str(path)!r}.")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"Could not read audio file {str(path)!r}: {exc}") from None
+    if data.shape[0] == 0:
+        raise ValueError(f"Audio file {str(path)!r} holds no samples.")
+    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if not np.all(np.isfinite(mono)):
+        raise ValueError(f"Audio file {str(path)!r} contains NaN or infinite samples.")
+    return np.ascontiguousarray(mono, dtype=np.float32), float(rate)
+
+
+def _resample(clips_with_rates, target_rate):
+    """Resample clips to ``target_rate`` with torchaudio, one kernel per source rate."""
+    import torch
+    import torchaudio
+
+    kernels = {}
+    out = []
+    for wave, rate in clips_with_rates:
+        if rate == target_rate:
+            out.append(wave)
+            continue
+        # torchaudio needs integer rates; reduce float rates like 22050.0 exactly.
+        key = (int(round(rate)), int(round(target_rate)))
+        if key not in kernels:
+            kernels[key] = torchaudio.transforms.Resample(*key)
+        with torch.inference_mode():
+            res = kernels[key](torch.from_numpy(wave)).numpy()
+        if res.size == 0:  # a clip of a few samples can round down to nothing
+            res = np.zeros(1, dtype=np.float32)
+        out.append(np.ascontiguousarray(res, dtype=np.float32))
+    return out
+
+
+def load_waveforms(X, *, sampling_rate, target_rate):
+    """Validate ``X`` and return a list of mono float32 waveforms at ``target_rate``.
+
+    Parameters
+    ----------
+    X : list of array-like or path, or ndarray of shape (n_clips, n_samples)
+        Clips of any length. In-memory arrays are taken to be at ``sampling_rate``;
+        files (WAV, FLAC, OGG, anything soundfile reads) at their own rate.
+        Multi-channel clips are mixed to mono; int8/int16/int32 PCM is scaled to
+        [-1, 1] and uint8 PCM is centred on 128; other integer types (int64, uint16,
+        uint32, uint64) are taken as sample values as they are.
+    sampling_rate : float
+        Rate of the in-memory arrays, in Hz.
+    target_rate : float
+        Rate the backbone expects, in Hz.
+
+    Returns
+    -------
+    waveforms : list of ndarray of shape (n_samples_i,), dtype float32
+    """
+    sampling_rate = check_sampling_rate(sampling_rate)
+    target_rate = check_sampling_rate(target_rate, "target_rate")
+    clips = as_clip_list(X)
+    if len(clips) == 0:
+        raise ValueError("X is empty: at least one clip is required.")
+    with_rates = []
+    for i, clip in enumerate(clips):
+        if _is_path(clip):
+            with_rates.append(read_audio_file(clip))
+        else:
+            with_rates.append((_to_mono_float(clip, i), sampling_rate))
+    return _resample(with_rates, target_rate)
+
+
+def check_targets(n_clips, y):
+    """Validate ``y`` against the number of clips; return it as a 1-D numpy array."""
+    if y is None:
+        raise ValueError(
+            "y is required: this estimator requires y to be passed, but the target y is "
+            "None. Pass one label per clip."
+        )
+    if hasattr(y, "to_numpy"):
+        y = y.to_numpy()
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.ravel()
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D (one label per clip), got shape {y.shape}.")
+    if len(y) != n_clips:
+        raise ValueError(
+            f"X and y have inconsistent lengths: {n_clips} clips but {len(y)} labels."
+        )
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+        raise ValueError("y contains NaN or infinite labels.")
+    return y
+
+
+def pad_to_length(wave, n_samples):
+    """Zero-pad ``wave`` at the end to at least ``n_samples``."""
+    if len(wave) >= n_samples:
+        return wave
+    return np.pad(wave, (0, n_samples - len(wave)))
+
+
+def random_crop(wave, n_samples, rng):
+    """Return a random ``n_samples``-long segment of ``wave`` (or ``wave`` if shorter)."""
+    if len(wave) <= n_samples:
+        return wave
+    start = int(rng.integers(0, len(wave) - n_samples + 1))
+    return wave[start : start + n_samples]
+
+
+def split_windows(wave, n_samples):
+    """Split ``wave`` into equal windows of ``n_samples`` covering it from end to end.
+
+    Window starts are spread evenly so that every window is full length and the last
+    one ends at the clip's end (neighbouring windows overlap a little when the length
+    is not a multiple of ``n_samples``), so no window is mostly padding.
+    """
+    if len(wave) <= n_samples:
+        return [wave]
+    n_windows = int(np.ceil(len(wave) / n_samples))
+    starts = np.linspace(0, len(wave) - n_samples, n_windows).round().astype(int)
+    return [wave[s : s + n_samples] for s in starts]
+
+
+def max_samples(max_duration, rate):
+    """``max_duration`` seconds as a sample count at ``rate`` (``None`` stays ``None``)."""
+    if max_duration is None:
+        return None
+    return max(1, int(round(max_duration * rate)))
+
+
+__all__ = [
+    "as_clip_list",
+    "check_sampling_rate",
+    "check_targets",
+    "load_waveforms",
+    "max_samples",
+    "pad_to_length",
+    "random_crop",
+    "read_audio_file",
+    "split_windows",
+]
+

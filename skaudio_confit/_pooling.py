@@ -1,0 +1,82 @@
+"""Masked mean pooling and length-bucketed batched inference."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._audio import pad_to_length, split_windows
+from ._device import autocast
+from .backbones._base import batch_to
+
+
+def masked_mean(hidden, frame_mask):
+    """Mean of ``hidden`` (batch, frames, dim) over the frames where ``frame_mask`` is True."""
+    weights = frame_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+def length_batches(lengths, batch_size, exact_length=False):
+    """Split clip indices into batches of similar (or, if ``exact_length``, equal) length.
+
+    Sorting by length keeps padding small; ``exact_length`` is for backbones whose
+    output changes when a clip is padded. The order is deterministic.
+    """
+    lengths = np.asarray(lengths)
+    order = np.argsort(lengths, kind="stable")
+    if not exact_length:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = []
+    for length in np.unique(lengths):
+        group = order[lengths[order] == length]
+        batches.extend(group[i : i + batch_size] for i in range(0, len(group), batch_size))
+    return batches
+
+
+def prepare_clip(wave, backbone, max_samples):
+    """Pad a clip to the backbone's receptive field and split it into windows."""
+    wave = pad_to_length(wave, backbone.min_samples)
+    if max_samples is None:
+        return [wave]
+    return split_windows(wave, max(max_samples, backbone.min_samples))
+
+
+def embed_waveforms(
+    backbone, waves, *, layer=-1, batch_size=32, max_samples=None, device=None, progress=None
+):
+    """Mean-pooled embeddings of ``waves``, one row per clip, independent of batching.
+
+    Clips longer than ``max_samples`` are split into windows whose embeddings are
+    averaged. Windows are batched by length so that padding is minimal, and padded
+    frames never enter the mean.
+
+    Returns
+    -------
+    embeddings : ndarray of shape (len(waves), backbone.hidden_size), dtype float32
+    """
+    device = device or torch.device("cpu")
+    items, owners = [], []
+    for i, wave in enumerate(waves):
+        windows = prepare_clip(wave, backbone, max_samples)
+        items.extend(windows)
+        owners.extend([i] * len(windows))
+    pooled = np.empty((len(items), backbone.hidden_size), dtype=np.float32)
+    batches = length_batches(
+        [len(w) for w in items], batch_size, exact_length=not backbone.padding_invariant
+    )
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.inference_mode(), autocast(device):
+            for idx in batches:
+                batch = batch_to(backbone.featurize([items[i] for i in idx]), device)
+                hidden, frame_mask = backbone(batch, layer)
+                pooled[idx] = masked_mean(hidden.float(), frame_mask).cpu().numpy()
+                if progress is not None:
+                    progress.update(len(idx))
+    finally:
+        backbone.train(was_training)
+    owners = np.asarray(owners)
+    out = np.zeros((len(waves), backbone.hidden_size), dtype=np.float64)
+    np.add.at(out, owners, pooled)
+    return (out / np.bincount(owners, minlength=len(waves))[:, None]).astype(np.float32)

@@ -1,0 +1,95 @@
+"""The interface every backbone adapter implements."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class AudioBackbone(nn.Module):
+    """A transformers audio encoder behind one small interface.
+
+    Subclasses wrap one family of encoders and provide the front end
+    (:meth:`featurize`), the forward pass returning the hidden states of a chosen
+    layer with a mask of real frames (:meth:`forward`), and a uniform way to freeze
+    the convolutional feature encoder (:meth:`freeze_feature_encoder`).
+
+    Attributes
+    ----------
+    model : transformers.PreTrainedModel
+        The wrapped encoder. Its parameters are exactly the backbone's parameters.
+    sampling_rate : int
+        Rate, in Hz, of the waveforms the front end expects.
+    hidden_size : int
+        Width of the hidden states.
+    num_layers : int
+        Number of transformer layers; valid ``layer`` values are ``-num_layers - 1``
+        to ``num_layers`` (0 is the input of the first layer, ``num_layers`` or -1
+        the encoder's final output).
+    min_samples : int
+        Shortest waveform, in samples, that yields at least one frame; shorter clips
+        are zero-padded to it.
+    padding_invariant : bool
+        Whether a clip's output is unchanged when it is zero-padded inside a batch.
+        When False (group-norm feature encoders), clips are only batched with clips
+        of exactly the same length.
+    """
+
+    sampling_rate: int
+    hidden_size: int
+    num_layers: int
+    min_samples: int
+    padding_invariant: bool
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def check_layer(self, layer):
+        """Return ``layer`` as a non-negative index, or raise ``ValueError``."""
+        n = self.num_layers
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -n - 1 <= layer <= n:
+            raise ValueError(
+                f"layer must be an integer in [{-n - 1}, {n}] for this backbone "
+                f"({n} transformer layers), got {layer!r}."
+            )
+        return layer % (n + 1)
+
+    def featurize(self, waves):
+        """Turn a list of float32 waveforms (at ``sampling_rate``) into a padded batch.
+
+        Returns a dict of CPU tensors, among them ``lengths`` (real input length
+        of each clip in the padded time axis).
+        """
+        raise NotImplementedError
+
+    def forward(self, batch, layer=-1):
+        """Return ``(hidden_states, frame_mask)`` for the batch from :meth:`featurize`.
+
+        ``hidden_states`` has shape (batch, frames, hidden_size); ``frame_mask`` is a
+        bool tensor (batch, frames), True on frames computed from real audio.
+        """
+        raise NotImplementedError
+
+    def feature_encoder(self) -> nn.Module:
+        """The convolutional front of the encoder, frozen by :meth:`freeze_feature_encoder`."""
+        raise NotImplementedError
+
+    def freeze_feature_encoder(self):
+        """Stop gradient updates of the convolutional feature encoder (every family alike)."""
+        module = self.feature_encoder()
+        for param in module.parameters():
+            param.requires_grad_(False)
+        # transformers' conv feature encoders skip their own gradient bookkeeping
+        # (and gradient checkpointing) when this flag is off.
+        if hasattr(module, "_requires_grad"):
+            module._requires_grad = False
+
+
+def batch_to(batch, device):
+    """Move every tensor of a featurized batch to ``device``."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
