@@ -1,0 +1,75 @@
+"""Training objectives: what turns pooled encoder output and labels into a loss.
+
+The training loop is shared; an objective is the only part that differs between
+PairTune (projection head + miner + SupCon loss) and FineTune (linear head +
+cross-entropy). Heads live in the objective so they are dropped with it after fit.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.nn import functional as F
+
+MINING_OPTIONS = ("multi-similarity", "none")
+
+
+class SupConObjective(nn.Module):
+    """Supervised contrastive loss on a projection of L2-normalised embeddings.
+
+    Pooled encoder output is L2-normalised, projected by one linear layer and
+    normalised again; pytorch-metric-learning's ``SupConLoss`` compares the
+    projections, optionally restricted to the hard pairs that its
+    ``MultiSimilarityMiner`` selects (positives less similar than the hardest
+    negative, negatives more similar than the hardest positive, by ``margin``).
+    """
+
+    def __init__(self, in_dim, projection_dim=256, temperature=0.1, mining="multi-similarity",
+                 margin=0.1):
+        super().__init__()
+        from pytorch_metric_learning import losses, miners
+
+        self.projection = nn.Linear(in_dim, projection_dim)
+        self.loss = losses.SupConLoss(temperature=temperature)
+        self.miner = miners.MultiSimilarityMiner(epsilon=margin) if mining != "none" else None
+
+    def forward(self, pooled, targets):
+        z = F.normalize(self.projection(F.normalize(pooled, dim=1)), dim=1)
+        stats = {}
+        pairs = None
+        if self.miner is not None:
+            pairs = self.miner(z, targets)
+            stats = {"positive_pairs": len(pairs[0]), "negative_pairs": len(pairs[2])}
+        return self.loss(z, targets, pairs), stats
+
+
+class CrossEntropyObjective(nn.Module):
+    """A linear classification head on pooled features with cross-entropy loss."""
+
+    def __init__(self, in_dim, n_classes):
+        super().__init__()
+        self.head = nn.Linear(in_dim, n_classes)
+
+    def forward(self, pooled, targets):
+        logits = self.head(pooled)
+        loss = F.cross_entropy(logits, targets)
+        accuracy = (logits.argmax(dim=1) == targets).float().mean().item()
+        return loss, {"train_accuracy": accuracy}
+
+
+def encode_labels(y):
+    """Return ``(classes, codes)``: sorted unique labels and each clip's integer code.
+
+    Works for numbers, strings and, unlike ``np.unique``, object arrays that mix
+    types (sorted by type name, then value).
+    """
+    import numpy as np
+
+    try:
+        classes, codes = np.unique(y, return_inverse=True)
+    except TypeError:
+        uniq = sorted(set(y.tolist()), key=lambda v: (type(v).__name__, v))
+        classes = np.empty(len(uniq), dtype=object)
+        classes[:] = uniq
+        lookup = {v: i for i, v in enumerate(uniq)}
+        codes = np.array([lookup[v] for v in y.tolist()])
+    return classes, codes.astype(np.int64).ravel()

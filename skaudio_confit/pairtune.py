@@ -1,0 +1,313 @@
+"""PairTuneTransformer: supervised contrastive fine-tuning of an audio encoder."""
+
+from __future__ import annotations
+
+import os
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._audio import as_clip_list, check_targets, load_waveforms, max_samples
+from ._device import resolve_device
+from ._objectives import MINING_OPTIONS, SupConObjective, encode_labels
+from ._pooling import embed_waveforms
+from ._sampling import class_balanced_batches
+from ._training import train_encoder
+from .backbones import load_backbone
+from .persistence import EncoderPersistenceMixin
+
+
+class AudioEncoderMixin:
+    """What every estimator built on a fine-tuned audio encoder shares.
+
+    Loading the input (one audio layer for all), loading the pretrained backbone,
+    and mean-pooled embeddings of a fitted ``backbone_``.
+    """
+
+    def _load_input(self, X, target_rate):
+        return load_waveforms(X, sampling_rate=self.sampling_rate, target_rate=target_rate)
+
+    def _record_input_shape(self, X):
+        # n_features_in_ only means something for a 2-D array of equal-length clips.
+        if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype != object:
+            self.n_features_in_ = X.shape[1]
+        elif hasattr(self, "n_features_in_"):
+            del self.n_features_in_
+
+    def _check_input_shape(self, X):
+        n_expected = getattr(self, "n_features_in_", None)
+        if (n_expected is not None and isinstance(X, np.ndarray) and X.ndim == 2
+                and X.dtype != object and X.shape[1] != n_expected):
+            raise ValueError(
+                f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{n_expected} features as input."
+            )
+
+    def _pretrained_backbone(self):
+        backbone = load_backbone(self.backbone)
+        backbone.check_layer(self.layer)
+        if self.freeze_feature_encoder:
+            backbone.freeze_feature_encoder()
+        limit = getattr(backbone, "max_samples", None)
+        if limit is not None and self.max_duration is not None:
+            if self.max_duration * backbone.sampling_rate > limit:
+                raise ValueError(
+                    f"max_duration={self.max_duration} exceeds what this backbone can read "
+                    f"in one window ({limit / backbone.sampling_rate:.0f} s)."
+                )
+        return backbone
+
+    def _window_samples(self, backbone):
+        """Window length: max_duration, or the backbone's limit if it has one."""
+        limit = getattr(backbone, "max_samples", None)
+        window = max_samples(self.max_duration, backbone.sampling_rate)
+        return limit if window is None else window
+
+    @property
+    def _n_features_out(self):
+        # Read by get_feature_names_out; derived so that no extra state is stored.
+        return self.backbone_.hidden_size
+
+    def _embed(self, X):
+        check_is_fitted(self)
+        self._check_input_shape(X)
+        backbone = self.backbone_
+        waves = self._load_input(X, backbone.sampling_rate)
+        device = resolve_device(self.device)
+        backbone.to(device)
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(waves), desc="embed", unit="clip", disable=not self.verbose,
+                  leave=False) as progress:
+            return embed_waveforms(
+                backbone, waves, layer=self.layer, batch_size=self.batch_size,
+                max_samples=self._window_samples(backbone), device=device, progress=progress,
+            )
+
+
+class PairTuneTransformer(
+    EncoderPersistenceMixin,
+    AudioEncoderMixin,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    BaseEstimator,
+):
+    """Contrastive fine-tuning of a pretrained audio encoder (AudioConFit stage 1).
+
+    ``fit`` loads the pretrained encoder afresh and fine-tunes it end to end with
+    the supervised contrastive (SupCon) loss: encoder output is mean-pooled over real
+    frames, L2-normalised, projected to ``projection_dim`` by one linear layer and
+    normalised again; hard pairs are mined by the multi-similarity rule; batches
+    hold ``samples_per_class`` clips of each of several classes. The projection head
+    is dropped after fitting. ``transform`` returns the mean-pooled output of the
+    tuned encoder, ready for a linear classifier (stage 2).
+
+    Parameters
+    ----------
+    backbone : str, os.PathLike or None, default=None
+        Hub id or local directory of a transformers audio encoder (wav2vec2,
+        HuBERT, WavLM, data2vec-audio, Whisper). None uses the bundled Whisper
+        tiny.en encoder, which works offline.
+    sampling_rate : float, default=16000
+        Rate of in-memory arrays in ``X``; files are read at their own rate.
+        Everything is resampled to the backbone's rate.
+    max_duration : float or None, default=10.0
+        Seconds. Longer clips are randomly cropped to this in training and split into
+        windows whose embeddings are averaged in ``transform``. None: no limit (for
+        Whisper, 30 s windows).
+    epochs : int, default=5
+        Passes over the training clips. 0 returns the pretrained encoder untouched
+        (the frozen baseline).
+    batch_size : int, default=32
+        Clips per training batch; also the inference batch size.
+    samples_per_class : int, default=4
+        Clips of each class in a training batch (at least 2, so every anchor has a
+        positive).
+    learning_rate : float, default=5e-5
+        Learning rate of the AdamW optimiser, for encoder and head alike.
+    weight_decay : float, default=0.0
+        Decoupled weight decay (with 0, AdamW is the paper's Adam).
+    temperature : float, default=0.1
+        Temperature of the SupCon loss.
+    projection_dim : int, default=256
+        Width of the projection head used in training only.
+    mining : {"multi-similarity", "none"}, default="multi-similarity"
+        Hard pair mining rule; "none" uses all pairs.
+    mining_margin : float, default=0.1
+        Margin (epsilon) of the multi-similarity miner.
+    layer : int, default=-1
+        Encoder layer whose output is pooled (0 = input of the first transformer
+        layer, -1 = final output), in training and in ``transform``.
+    freeze_feature_encoder : bool, default=False
+        Keep the convolutional feature encoder fixed (the paper tunes end to end).
+    gradient_checkpointing : bool, default=False
+        Trade compute for memory in training.
+    device : str, default="auto"
+        "auto" (CUDA if available, with bf16 autocast; else CPU), "cpu", "cuda:N".
+    random_state : int, RandomState instance or None, default=None
+        Seeds batches, crops, dropout and the head. Same value, same result on CPU.
+    verbose : int, default=1
+        0 silences progress bars and per-epoch lines.
+
+    Attributes
+    ----------
+    backbone_ : AudioBackbone
+        The fine-tuned encoder; exactly the backbone's parameters, no head.
+    classes_ : ndarray
+        Class labels seen in ``fit``.
+    history_ : list of dict
+        Per epoch: ``loss``, mined ``positive_pairs``/``negative_pairs``,
+        ``batches``, ``seconds``.
+    n_features_in_ : int
+        Number of samples per clip, only when ``fit`` got a 2-D array.
+
+    Examples
+    --------
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from skaudio_confit import PairTuneTransformer
+    >>> from skaudio_confit.datasets import load_spoken_digits
+    >>> X, y = load_spoken_digits(target="speaker", return_X_y=True)
+    >>> model = make_pipeline(
+    ...     PairTuneTransformer(sampling_rate=8000, epochs=1, random_state=0, verbose=0),
+    ...     LogisticRegression(max_iter=1000),
+    ... )
+    >>> model.fit(X[::30], y[::30]).score(X[1::30], y[1::30]) > 0.5  # doctest: +SKIP
+    True
+    """
+
+    _parameter_constraints = {
+        "backbone": [None, str, os.PathLike],
+        "sampling_rate": [Interval(Real, 0, None, closed="neither")],
+        "max_duration": [Interval(Real, 0, None, closed="neither"), None],
+        "epochs": [Interval(Integral, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 2, None, closed="left")],
+        "samples_per_class": [Interval(Integral, 2, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "temperature": [Interval(Real, 0, None, closed="neither")],
+        "projection_dim": [Interval(Integral, 1, None, closed="left")],
+        "mining": [StrOptions(set(MINING_OPTIONS))],
+        "mining_margin": [Interval(Real, 0, None, closed="left")],
+        "layer": [Integral],
+        "freeze_feature_encoder": ["boolean"],
+        "gradient_checkpointing": ["boolean"],
+        "device": [str],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        backbone=None,
+        *,
+        sampling_rate=16000,
+        max_duration=10.0,
+        epochs=5,
+        batch_size=32,
+        samples_per_class=4,
+        learning_rate=5e-5,
+        weight_decay=0.0,
+        temperature=0.1,
+        projection_dim=256,
+        mining="multi-similarity",
+        mining_margin=0.1,
+        layer=-1,
+        freeze_feature_encoder=False,
+        gradient_checkpointing=False,
+        device="auto",
+        random_state=None,
+        verbose=1,
+    ):
+        self.backbone = backbone
+        self.sampling_rate = sampling_rate
+        self.max_duration = max_duration
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.samples_per_class = samples_per_class
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.temperature = temperature
+        self.projection_dim = projection_dim
+        self.mining = mining
+        self.mining_margin = mining_margin
+        self.layer = layer
+        self.freeze_feature_encoder = freeze_feature_encoder
+        self.gradient_checkpointing = gradient_checkpointing
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def fit(self, X, y):
+        """Fine-tune the pretrained encoder on labelled clips.
+
+        Parameters
+        ----------
+        X : list of array-like or path, or ndarray of shape (n_clips, n_samples)
+            Clips of any length (arrays at ``sampling_rate``, or audio files).
+        y : array-like of shape (n_clips,)
+            Class labels (strings, integers or a mix); at least two classes.
+
+        Returns
+        -------
+        self : PairTuneTransformer
+        """
+        self._validate_params()
+        as_clip_list(X)  # input-kind errors before the (slower) backbone load
+        backbone = self._pretrained_backbone()
+        waves = self._load_input(X, backbone.sampling_rate)
+        y = check_targets(len(waves), y)
+        classes, codes = encode_labels(y)
+        if len(classes) < 2:
+            raise ValueError(
+                "PairTune needs at least 2 classes in y to contrast, got "
+                f"{len(classes)} class{'es' if len(classes) != 1 else ''}."
+            )
+        device = resolve_device(self.device)
+        history = []
+        if self.epochs > 0:
+            objective = SupConObjective(
+                backbone.hidden_size, self.projection_dim, self.temperature, self.mining,
+                self.mining_margin,
+            )
+            history = train_encoder(
+                backbone, objective, waves, codes,
+                batch_plan=lambda rng: class_balanced_batches(
+                    codes, self.batch_size, self.samples_per_class, rng
+                ),
+                epochs=self.epochs, learning_rate=self.learning_rate,
+                weight_decay=self.weight_decay, layer=self.layer,
+                max_samples=max_samples(self.max_duration, backbone.sampling_rate),
+                device=device, gradient_checkpointing=self.gradient_checkpointing,
+                random_state=self.random_state, verbose=self.verbose, desc="PairTune",
+            )
+        # Fitted state is set only now, so a failed fit leaves a fitted model as it was.
+        self.backbone_ = backbone.eval()
+        self.classes_ = classes
+        self.history_ = history
+        self._record_input_shape(X)
+        return self
+
+    def transform(self, X):
+        """Mean-pooled embeddings of the tuned encoder.
+
+        Parameters
+        ----------
+        X : list of array-like or path, or ndarray of shape (n_clips, n_samples)
+
+        Returns
+        -------
+        embeddings : ndarray of shape (n_clips, hidden_size), dtype float32
+            Independent of batch composition and order.
+        """
+        return self._embed(X)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        tags.non_deterministic = False
+        return tags

@@ -1,0 +1,219 @@
+"""Persistence of fitted estimators: pickling support and a safe directory format.
+
+transformers audio encoders with weight norm cannot be pickled as modules, and
+pickles execute code when loaded. So fitted encoders are pickled as their config
+plus a state dict of numpy arrays and rebuilt on load, and :func:`save_estimator` /
+:func:`load_estimator` write a directory of safetensors weights plus a JSON manifest
+that loads without unpickling anything. ``joblib.load`` / ``pickle.load`` execute
+code from the file: use them on trusted files only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+MANIFEST = "skaudio_confit.json"
+WEIGHTS = "model.safetensors"
+
+
+def backbone_state(backbone):
+    """A picklable description of a backbone: config dict, front-end flag, weights."""
+    return {
+        "config": backbone.config.to_dict(),
+        "do_normalize": getattr(backbone, "do_normalize", True),
+        "state_dict": {k: v.detach().cpu().numpy() for k, v in backbone.model.state_dict().items()},
+    }
+
+
+def _config_from_dict(config_dict):
+    from transformers import CONFIG_MAPPING
+
+    return CONFIG_MAPPING[config_dict["model_type"]].from_dict(config_dict)
+
+
+def backbone_from_state(state):
+    """Rebuild a backbone (on the CPU, in eval mode) from :func:`backbone_state`."""
+    import torch
+
+    from .backbones import build_backbone
+
+    state_dict = {k: torch.from_numpy(np.array(v)) for k, v in state["state_dict"].items()}
+    backbone = build_backbone(
+        _config_from_dict(state["config"]), state_dict, do_normalize=state["do_normalize"]
+    )
+    return backbone.eval()
+
+
+class EncoderPersistenceMixin:
+    """Pickling and safe save/load for estimators holding a fitted ``backbone_``."""
+
+    # Fitted attributes other than the encoder that save() writes to the manifest.
+    _json_fitted_attributes = ("classes_", "history_", "n_features_in_")
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        if "backbone_" in state:
+            state = dict(state)
+            state["backbone_"] = backbone_state(state["backbone_"])
+        return state
+
+    def __setstate__(self, state):
+        if isinstance(state.get("backbone_"), dict):
+            state = dict(state)
+            state["backbone_"] = backbone_from_state(state["backbone_"])
+        super().__setstate__(state)
+
+    def save(self, directory):
+        """Write the fitted estimator to ``directory`` (safetensors + JSON, no pickle).
+
+        Parameters
+        ----------
+        directory : str or os.PathLike
+            Created if missing; existing files of a previous save are replaced.
+        """
+        save_estimator(self, directory)
+
+    @classmethod
+    def load(cls, directory):
+        """Load an estimator written by :meth:`save`, validating it first.
+
+        Never unpickles: weights come from safetensors, everything else from JSON.
+        Raises ``ValueError`` if the files were altered or truncated.
+        """
+        return load_estimator(cls, directory)
+
+
+def _json_value(value):
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": value.tolist(), "dtype": str(value.dtype)}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ValueError(
+        f"Cannot save a value of type {type(value).__name__} ({value!r}) in the safe "
+        "format; use an int or None for random_state, or joblib for arbitrary objects."
+    )
+
+
+def _from_json(value):
+    if isinstance(value, dict) and "__ndarray__" in value:
+        if value["dtype"] == "object":
+            out = np.empty(len(value["__ndarray__"]), dtype=object)
+            out[:] = value["__ndarray__"]
+            return out
+        return np.asarray(value["__ndarray__"], dtype=value["dtype"])
+    return value
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_estimator(estimator, directory):
+    """Write ``estimator`` (fitted, with ``backbone_``) as safetensors + JSON manifest."""
+    from safetensors.numpy import save_file
+    from sklearn.utils.validation import check_is_fitted
+
+    from . import __version__
+
+    check_is_fitted(estimator)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = backbone_state(estimator.backbone_)
+    tensors = {k: np.ascontiguousarray(v) for k, v in state["state_dict"].items()}
+    fitted = {
+        name: _json_value(getattr(estimator, name))
+        for name in estimator._json_fitted_attributes
+        if hasattr(estimator, name)
+    }
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "estimator": type(estimator).__name__,
+        "params": _json_value(estimator.get_params(deep=False)),
+        "backbone_config": state["config"],
+        "do_normalize": state["do_normalize"],
+        "fitted": fitted,
+        "weights": {
+            "file": WEIGHTS,
+            "tensors": {k: list(v.shape) for k, v in tensors.items()},
+        },
+    }
+    weights_path = directory / WEIGHTS
+    save_file(tensors, str(weights_path))
+    manifest["weights"]["sha256"] = _sha256(weights_path)
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+
+
+def load_estimator(cls, directory):
+    """Validate and load what :func:`save_estimator` wrote, without unpickling."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"No saved model in {str(directory)!r}: {MANIFEST} is missing.")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{str(manifest_path)!r} is not a valid manifest: {exc}") from None
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"Saved model format version {version!r} is not supported by this version of "
+            f"skaudio-confit (reads up to {FORMAT_VERSION}); upgrade the package."
+        )
+    if manifest.get("estimator") != cls.__name__:
+        raise ValueError(
+            f"{str(directory)!r} holds a {manifest.get('estimator')!r}, not a {cls.__name__}."
+        )
+    weights = manifest["weights"]
+    weights_path = directory / weights["file"]
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"Weight file {str(weights_path)!r} is missing.")
+    if _sha256(weights_path) != weights["sha256"]:
+        raise ValueError(
+            f"Weight file {str(weights_path)!r} does not match the sha256 in the manifest: "
+            "it was altered or truncated."
+        )
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"Could not read weights {str(weights_path)!r}: {exc}") from None
+    expected = {k: tuple(v) for k, v in weights["tensors"].items()}
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    if expected != found:
+        raise ValueError(
+            f"Tensors in {str(weights_path)!r} do not match the manifest "
+            f"(missing: {sorted(set(expected) - set(found))[:5]}, "
+            f"shape or name differences in {len(set(expected.items()) ^ set(found.items()))})."
+        )
+    estimator = cls(**{k: _from_json(v) for k, v in manifest["params"].items()})
+    for name, value in manifest["fitted"].items():
+        setattr(estimator, name, _from_json(value))
+    try:
+        estimator.backbone_ = backbone_from_state(
+            {"config": manifest["backbone_config"], "do_normalize": manifest["do_normalize"],
+             "state_dict": tensors}
+        )
+    except (RuntimeError, KeyError) as exc:
+        raise ValueError(f"Saved weights do not fit the saved backbone config: {exc}") from None
+    return estimator
