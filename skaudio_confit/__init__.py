@@ -5,8 +5,9 @@ supervised contrastive loss; its ``transform`` gives mean-pooled embeddings for 
 linear classifier (stage 2) in a scikit-learn ``Pipeline``.
 """
 
+from .finetune import FineTuneClassifier
 from .pairtune import PairTuneTransformer
 
 __version__ = "0.1.0"
 
-__all__ = ["PairTuneTransformer", "__version__"]
+__all__ = ["FineTuneClassifier", "PairTuneTransformer", "__version__"]

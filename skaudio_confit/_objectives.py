@@ -34,20 +34,32 @@ class SupConObjective(nn.Module):
 
     def forward(self, pooled, targets):
         z = F.normalize(self.projection(F.normalize(pooled, dim=1)), dim=1)
-        stats = {}
         pairs = None
         if self.miner is not None:
             pairs = self.miner(z, targets)
-            stats = {"positive_pairs": len(pairs[0]), "negative_pairs": len(pairs[2])}
+            n_pos, n_neg = len(pairs[0]), len(pairs[2])
+        else:  # every ordered pair of distinct clips is used
+            counts = targets.bincount()
+            n_pos = int((counts * (counts - 1)).sum())
+            n_neg = len(targets) ** 2 - int((counts * counts).sum())
+        stats = {"positive_pairs": n_pos, "negative_pairs": n_neg}
         return self.loss(z, targets, pairs), stats
 
 
 class CrossEntropyObjective(nn.Module):
     """A linear classification head on pooled features with cross-entropy loss."""
 
-    def __init__(self, in_dim, n_classes):
+    def __init__(self, in_dim, n_classes, head_learning_rate=None):
         super().__init__()
         self.head = nn.Linear(in_dim, n_classes)
+        self.head_learning_rate = head_learning_rate
+
+    def param_groups(self):
+        """Optimiser groups: the head may learn at its own rate."""
+        group = {"params": list(self.head.parameters())}
+        if self.head_learning_rate is not None:
+            group["lr"] = self.head_learning_rate
+        return [group]
 
     def forward(self, pooled, targets):
         logits = self.head(pooled)

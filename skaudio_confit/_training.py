@@ -54,7 +54,8 @@ def train_encoder(
     max_samples=None,
     device=None,
     gradient_checkpointing=False,
-    random_state=None,
+    seed=0,
+    rng=None,
     callbacks=(),
     verbose=1,
     desc="fit",
@@ -76,6 +77,10 @@ def train_encoder(
         ``batch_plan(rng) -> list of index arrays``, called once per epoch.
     max_samples : int or None
         Clips longer than this are randomly cropped to it, anew each epoch.
+    seed : int
+        Seeds torch (head initialisation, dropout, masking) for this run only.
+    rng : numpy.random.Generator
+        Draws the batches and crops.
     callbacks : sequence
         Objects with ``on_epoch_end(record) -> bool``; True stops training.
 
@@ -88,22 +93,24 @@ def train_encoder(
     from tqdm.auto import tqdm
 
     device = device or torch.device("cpu")
-    torch_seed, rng = seeds_from(random_state)
+    rng = rng if rng is not None else np.random.default_rng(seed)
     codes = np.asarray(codes)
     backbone.to(device)
     objective.to(device)
     if gradient_checkpointing:
         backbone.model.gradient_checkpointing_enable({"use_reentrant": False})
-    params = [p for p in backbone.parameters() if p.requires_grad]
-    params += list(objective.parameters())
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    groups = [{"params": [p for p in backbone.parameters() if p.requires_grad]}]
+    # An objective may give its head its own learning rate through param_groups().
+    groups += (objective.param_groups() if hasattr(objective, "param_groups")
+               else [{"params": list(objective.parameters())}])
+    optimizer = torch.optim.AdamW(groups, lr=learning_rate, weight_decay=weight_decay)
     history = []
     # fork_rng keeps the caller's global torch RNG untouched while dropout, masking
     # and head initialisation draw from our seed.
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(torch_seed)
+            torch.manual_seed(seed)
             # Heads are (re)initialised under the seed so fits are reproducible.
             for module in objective.modules():
                 if isinstance(module, torch.nn.Linear):
@@ -174,3 +181,45 @@ def _training_clip(wave, backbone, max_samples, rng):
     if max_samples is not None:
         wave = random_crop(wave, max_samples, rng)
     return pad_to_length(wave, backbone.min_samples)
+
+
+class ValidationMonitor:
+    """Callback: score held-out clips after each epoch, keep the best weights, stop early.
+
+    Parameters
+    ----------
+    score_fn : callable
+        ``score_fn() -> float``, higher is better; stored as ``valid_accuracy``.
+    modules : list of torch.nn.Module
+        Whose weights are kept at the best epoch and restored by :meth:`restore_best`.
+    patience : int or None
+        Stop after this many epochs without improvement; None never stops.
+    """
+
+    def __init__(self, score_fn, modules, patience=None):
+        self.score_fn = score_fn
+        self.modules = modules
+        self.patience = patience
+        self.best_score = None
+        self.best_epoch = None
+        self._best_states = None
+        self._since_best = 0
+
+    def on_epoch_end(self, record):
+        score = float(self.score_fn())
+        record["valid_accuracy"] = score
+        if self.best_score is None or score > self.best_score:
+            self.best_score, self.best_epoch, self._since_best = score, record["epoch"], 0
+            if self.patience is not None:
+                self._best_states = [
+                    {k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.modules
+                ]
+        else:
+            self._since_best += 1
+        return self.patience is not None and self._since_best >= self.patience
+
+    def restore_best(self):
+        """Load the weights of the best epoch back (only kept when stopping early)."""
+        if self._best_states is not None:
+            for module, state in zip(self.modules, self._best_states):
+                module.load_state_dict(state)

@@ -5,87 +5,17 @@ from __future__ import annotations
 import os
 from numbers import Integral, Real
 
-import numpy as np
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+)
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
 
-from ._audio import as_clip_list, check_targets, load_waveforms, max_samples
-from ._device import resolve_device
-from ._objectives import MINING_OPTIONS, SupConObjective, encode_labels
-from ._pooling import embed_waveforms
+from ._estimator import AudioEncoderMixin, nearest_centroid_accuracy
+from ._objectives import MINING_OPTIONS, SupConObjective
 from ._sampling import class_balanced_batches
-from ._training import train_encoder
-from .backbones import load_backbone
 from .persistence import EncoderPersistenceMixin
-
-
-class AudioEncoderMixin:
-    """What every estimator built on a fine-tuned audio encoder shares.
-
-    Loading the input (one audio layer for all), loading the pretrained backbone,
-    and mean-pooled embeddings of a fitted ``backbone_``.
-    """
-
-    def _load_input(self, X, target_rate):
-        return load_waveforms(X, sampling_rate=self.sampling_rate, target_rate=target_rate)
-
-    def _record_input_shape(self, X):
-        # n_features_in_ only means something for a 2-D array of equal-length clips.
-        if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype != object:
-            self.n_features_in_ = X.shape[1]
-        elif hasattr(self, "n_features_in_"):
-            del self.n_features_in_
-
-    def _check_input_shape(self, X):
-        n_expected = getattr(self, "n_features_in_", None)
-        if (n_expected is not None and isinstance(X, np.ndarray) and X.ndim == 2
-                and X.dtype != object and X.shape[1] != n_expected):
-            raise ValueError(
-                f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
-                f"{n_expected} features as input."
-            )
-
-    def _pretrained_backbone(self):
-        backbone = load_backbone(self.backbone)
-        backbone.check_layer(self.layer)
-        if self.freeze_feature_encoder:
-            backbone.freeze_feature_encoder()
-        limit = getattr(backbone, "max_samples", None)
-        if limit is not None and self.max_duration is not None:
-            if self.max_duration * backbone.sampling_rate > limit:
-                raise ValueError(
-                    f"max_duration={self.max_duration} exceeds what this backbone can read "
-                    f"in one window ({limit / backbone.sampling_rate:.0f} s)."
-                )
-        return backbone
-
-    def _window_samples(self, backbone):
-        """Window length: max_duration, or the backbone's limit if it has one."""
-        limit = getattr(backbone, "max_samples", None)
-        window = max_samples(self.max_duration, backbone.sampling_rate)
-        return limit if window is None else window
-
-    @property
-    def _n_features_out(self):
-        # Read by get_feature_names_out; derived so that no extra state is stored.
-        return self.backbone_.hidden_size
-
-    def _embed(self, X):
-        check_is_fitted(self)
-        self._check_input_shape(X)
-        backbone = self.backbone_
-        waves = self._load_input(X, backbone.sampling_rate)
-        device = resolve_device(self.device)
-        backbone.to(device)
-        from tqdm.auto import tqdm
-
-        with tqdm(total=len(waves), desc="embed", unit="clip", disable=not self.verbose,
-                  leave=False) as progress:
-            return embed_waveforms(
-                backbone, waves, layer=self.layer, batch_size=self.batch_size,
-                max_samples=self._window_samples(backbone), device=device, progress=progress,
-            )
 
 
 class PairTuneTransformer(
@@ -145,6 +75,13 @@ class PairTuneTransformer(
         Keep the convolutional feature encoder fixed (the paper tunes end to end).
     gradient_checkpointing : bool, default=False
         Trade compute for memory in training.
+    validation_fraction : float or None, default=None
+        Fraction of the training clips held out (stratified) to score each epoch by
+        leave-one-out nearest-centroid accuracy of their embeddings, recorded as
+        ``valid_accuracy`` in ``history_``. None: no validation.
+    n_iter_no_change : int or None, default=None
+        With a validation set, stop after this many epochs without a better score and
+        keep the weights of the best epoch. None: train all ``epochs``.
     device : str, default="auto"
         "auto" (CUDA if available, with bf16 autocast; else CPU), "cpu", "cuda:N".
     random_state : int, RandomState instance or None, default=None
@@ -160,7 +97,7 @@ class PairTuneTransformer(
         Class labels seen in ``fit``.
     history_ : list of dict
         Per epoch: ``loss``, mined ``positive_pairs``/``negative_pairs``,
-        ``batches``, ``seconds``.
+        ``batches``, ``seconds`` and, with a validation set, ``valid_accuracy``.
     n_features_in_ : int
         Number of samples per clip, only when ``fit`` got a 2-D array.
 
@@ -195,6 +132,8 @@ class PairTuneTransformer(
         "layer": [Integral],
         "freeze_feature_encoder": ["boolean"],
         "gradient_checkpointing": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
         "device": [str],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -218,6 +157,8 @@ class PairTuneTransformer(
         layer=-1,
         freeze_feature_encoder=False,
         gradient_checkpointing=False,
+        validation_fraction=None,
+        n_iter_no_change=None,
         device="auto",
         random_state=None,
         verbose=1,
@@ -237,6 +178,8 @@ class PairTuneTransformer(
         self.layer = layer
         self.freeze_feature_encoder = freeze_feature_encoder
         self.gradient_checkpointing = gradient_checkpointing
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -255,41 +198,27 @@ class PairTuneTransformer(
         -------
         self : PairTuneTransformer
         """
-        self._validate_params()
-        as_clip_list(X)  # input-kind errors before the (slower) backbone load
-        backbone = self._pretrained_backbone()
-        waves = self._load_input(X, backbone.sampling_rate)
-        y = check_targets(len(waves), y)
-        classes, codes = encode_labels(y)
-        if len(classes) < 2:
-            raise ValueError(
-                "PairTune needs at least 2 classes in y to contrast, got "
-                f"{len(classes)} class{'es' if len(classes) != 1 else ''}."
-            )
-        device = resolve_device(self.device)
-        history = []
-        if self.epochs > 0:
-            objective = SupConObjective(
+        backbone, _, classes, history = self._fit_encoder(
+            X, y,
+            make_objective=lambda backbone, n_classes: SupConObjective(
                 backbone.hidden_size, self.projection_dim, self.temperature, self.mining,
                 self.mining_margin,
-            )
-            history = train_encoder(
-                backbone, objective, waves, codes,
-                batch_plan=lambda rng: class_balanced_batches(
-                    codes, self.batch_size, self.samples_per_class, rng
-                ),
-                epochs=self.epochs, learning_rate=self.learning_rate,
-                weight_decay=self.weight_decay, layer=self.layer,
-                max_samples=max_samples(self.max_duration, backbone.sampling_rate),
-                device=device, gradient_checkpointing=self.gradient_checkpointing,
-                random_state=self.random_state, verbose=self.verbose, desc="PairTune",
-            )
+            ),
+            batch_plan=lambda codes: lambda rng: class_balanced_batches(
+                codes, self.batch_size, self.samples_per_class, rng
+            ),
+            score_fn=self._validation_score, min_classes=2, desc="PairTune",
+        )
         # Fitted state is set only now, so a failed fit leaves a fitted model as it was.
-        self.backbone_ = backbone.eval()
+        self.backbone_ = backbone
         self.classes_ = classes
         self.history_ = history
         self._record_input_shape(X)
         return self
+
+    def _validation_score(self, backbone, objective, waves, codes, device):
+        # No classifier exists yet in stage 1: score how well embeddings cluster.
+        return nearest_centroid_accuracy(self._embed_waves(backbone, waves, device), codes)
 
     def transform(self, X):
         """Mean-pooled embeddings of the tuned encoder.

@@ -1,0 +1,171 @@
+"""What every estimator built on a fine-tuned audio encoder shares."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.utils.validation import check_is_fitted
+
+from ._audio import as_clip_list, check_targets, load_waveforms, max_samples
+from ._device import resolve_device
+from ._objectives import encode_labels
+from ._pooling import embed_waveforms
+from ._training import ValidationMonitor, seeds_from, train_encoder
+from .backbones import load_backbone
+
+
+class AudioEncoderMixin:
+    """What every estimator built on a fine-tuned audio encoder shares.
+
+    Loading the input (one audio layer for all), loading the pretrained backbone,
+    and mean-pooled embeddings of a fitted ``backbone_``.
+    """
+
+    def _load_input(self, X, target_rate):
+        return load_waveforms(X, sampling_rate=self.sampling_rate, target_rate=target_rate)
+
+    def _record_input_shape(self, X):
+        # n_features_in_ only means something for a 2-D array of equal-length clips.
+        if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype != object:
+            self.n_features_in_ = X.shape[1]
+        elif hasattr(self, "n_features_in_"):
+            del self.n_features_in_
+
+    def _check_input_shape(self, X):
+        n_expected = getattr(self, "n_features_in_", None)
+        if (n_expected is not None and isinstance(X, np.ndarray) and X.ndim == 2
+                and X.dtype != object and X.shape[1] != n_expected):
+            raise ValueError(
+                f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{n_expected} features as input."
+            )
+
+    def _pretrained_backbone(self):
+        backbone = load_backbone(self.backbone)
+        backbone.check_layer(self.layer)
+        if self.freeze_feature_encoder:
+            backbone.freeze_feature_encoder()
+        limit = getattr(backbone, "max_samples", None)
+        if limit is not None and self.max_duration is not None:
+            if self.max_duration * backbone.sampling_rate > limit:
+                raise ValueError(
+                    f"max_duration={self.max_duration} exceeds what this backbone can read "
+                    f"in one window ({limit / backbone.sampling_rate:.0f} s)."
+                )
+        return backbone
+
+    def _window_samples(self, backbone):
+        """Window length: max_duration, or the backbone's limit if it has one."""
+        limit = getattr(backbone, "max_samples", None)
+        window = max_samples(self.max_duration, backbone.sampling_rate)
+        return limit if window is None else window
+
+    @property
+    def _n_features_out(self):
+        # Read by get_feature_names_out; derived so that no extra state is stored.
+        return self.backbone_.hidden_size
+
+    def _embed(self, X):
+        """Pooled embeddings of ``X`` from the fitted encoder, with a progress bar."""
+        check_is_fitted(self)
+        self._check_input_shape(X)
+        waves = self._load_input(X, self.backbone_.sampling_rate)
+        return self._embed_waves(self.backbone_, waves, resolve_device(self.device),
+                                 progress=bool(self.verbose))
+
+    def _fit_encoder(self, X, y, *, make_objective, batch_plan, score_fn, min_classes, desc):
+        """Load input and the pretrained backbone, then train under ``make_objective``.
+
+        ``batch_plan(codes) -> plan`` and ``score_fn(backbone, objective, waves, codes,
+        device) -> float`` (validation score, higher is better) adapt the shared loop
+        to one estimator. Returns ``(backbone, objective, classes, history)``; nothing
+        is stored on ``self`` so that a failed fit leaves a fitted estimator intact.
+        """
+        self._validate_params()
+        as_clip_list(X)  # input-kind errors before the (slower) backbone load
+        backbone = self._pretrained_backbone()
+        waves = self._load_input(X, backbone.sampling_rate)
+        y = check_targets(len(waves), y)
+        classes, codes = encode_labels(y)
+        if len(classes) < min_classes:
+            raise ValueError(
+                f"{type(self).__name__} needs at least {min_classes} classes in y, got "
+                f"{len(classes)}."
+            )
+        device = resolve_device(self.device)
+        seed, rng = seeds_from(self.random_state)
+        objective = make_objective(backbone, len(classes))
+        history = []
+        if self.epochs > 0:
+            train_idx, valid_idx = self._split_validation(len(waves), codes, rng)
+            monitor, callbacks = None, ()
+            if valid_idx is not None:
+                valid_waves = [waves[i] for i in valid_idx]
+                monitor = ValidationMonitor(
+                    lambda: score_fn(backbone, objective, valid_waves, codes[valid_idx], device),
+                    [backbone, objective], patience=self.n_iter_no_change,
+                )
+                callbacks = (monitor,)
+            train_codes = codes[train_idx]
+            history = train_encoder(
+                backbone, objective, [waves[i] for i in train_idx], train_codes,
+                batch_plan=batch_plan(train_codes), epochs=self.epochs,
+                learning_rate=self.learning_rate, weight_decay=self.weight_decay,
+                layer=self.layer, max_samples=max_samples(self.max_duration, backbone.sampling_rate),
+                device=device, gradient_checkpointing=self.gradient_checkpointing,
+                seed=seed, rng=rng, callbacks=callbacks, verbose=self.verbose, desc=desc,
+            )
+            if monitor is not None:
+                monitor.restore_best()
+        return backbone.eval(), objective.eval(), classes, history
+
+    def _embed_waves(self, backbone, waves, device, progress=False):
+        from tqdm.auto import tqdm
+
+        backbone.to(device)
+        with tqdm(total=len(waves), desc="embed", unit="clip", disable=not progress,
+                  leave=False) as bar:
+            return embed_waveforms(
+                backbone, waves, layer=self.layer, batch_size=self.batch_size,
+                max_samples=self._window_samples(backbone), device=device, progress=bar,
+            )
+
+    def _split_validation(self, n_clips, codes, rng):
+        """Stratified train/validation indices when ``validation_fraction`` is set."""
+        from sklearn.model_selection import train_test_split
+
+        indices = np.arange(n_clips)
+        if self.validation_fraction is None:
+            return indices, None
+        seed = int(rng.integers(2**31 - 1))
+        try:
+            return train_test_split(indices, test_size=self.validation_fraction,
+                                    stratify=codes, random_state=seed)
+        except ValueError as exc:
+            raise ValueError(
+                f"validation_fraction={self.validation_fraction} cannot hold out clips of "
+                f"every class ({exc}); use a larger fraction, more clips, or None."
+            ) from None
+
+
+def nearest_centroid_accuracy(embeddings, codes):
+    """Leave-one-out nearest-centroid accuracy (cosine) of embeddings with known classes.
+
+    Each clip is compared with the centroids of every class, its own class's centroid
+    computed without it. Needs no trained head, so it scores contrastive embeddings.
+    """
+    z = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True).clip(1e-12)
+    classes, codes = np.unique(codes, return_inverse=True)
+    sums = np.zeros((len(classes), z.shape[1]))
+    np.add.at(sums, codes, z)
+    counts = np.bincount(codes, minlength=len(classes)).astype(float)
+    correct = 0
+    for i, (row, c) in enumerate(zip(z, codes)):
+        centroids = sums.copy()
+        sizes = counts.copy()
+        centroids[c] -= row
+        sizes[c] -= 1
+        valid = sizes > 0
+        centroids = centroids[valid] / sizes[valid, None]
+        centroids /= np.linalg.norm(centroids, axis=1, keepdims=True).clip(1e-12)
+        correct += np.flatnonzero(valid)[np.argmax(centroids @ row)] == c
+    return correct / len(codes)
