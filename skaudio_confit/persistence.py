@@ -217,3 +217,81 @@ def load_estimator(cls, directory):
     except (RuntimeError, KeyError) as exc:
         raise ValueError(f"Saved weights do not fit the saved backbone config: {exc}") from None
     return estimator
+
+
+# Plain scikit-learn steps the safe pipeline format knows: their fitted attributes,
+# all numpy arrays or scalars, go to JSON.
+_SKLEARN_STEPS = {
+    "LogisticRegression": (
+        "sklearn.linear_model", ("coef_", "intercept_", "classes_", "n_iter_", "n_features_in_")
+    ),
+    "StandardScaler": (
+        "sklearn.preprocessing", ("mean_", "var_", "scale_", "n_samples_seen_", "n_features_in_")
+    ),
+}
+PIPELINE_MANIFEST = "pipeline.json"
+
+
+def save_pipeline(pipeline, directory):
+    """Write a fitted ``Pipeline`` of skaudio-confit estimators and known scikit-learn
+    steps (LogisticRegression, StandardScaler) in the safe format (no pickle).
+
+    Each audio-encoder step is saved with its own ``save`` into a sub-directory;
+    the other steps' parameters and fitted arrays go to ``pipeline.json``.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    steps = []
+    for name, step in pipeline.steps:
+        kind = type(step).__name__
+        if isinstance(step, EncoderPersistenceMixin):
+            step.save(directory / name)
+            steps.append({"name": name, "kind": kind, "directory": name})
+        elif kind in _SKLEARN_STEPS:
+            fitted = {a: _json_value(getattr(step, a)) for a in _SKLEARN_STEPS[kind][1]
+                      if hasattr(step, a)}
+            steps.append({"name": name, "kind": kind,
+                          "params": _json_value(step.get_params()), "fitted": fitted})
+        else:
+            raise ValueError(
+                f"Step {name!r} ({kind}) has no safe format; supported steps are "
+                f"skaudio-confit estimators and {', '.join(_SKLEARN_STEPS)}. Use joblib "
+                "for other pipelines."
+            )
+    (directory / PIPELINE_MANIFEST).write_text(json.dumps(
+        {"format_version": FORMAT_VERSION, "steps": steps}, indent=2))
+
+
+def load_pipeline(directory):
+    """Load what :func:`save_pipeline` wrote, validating every part, without unpickling."""
+    import importlib
+
+    from sklearn.pipeline import Pipeline
+
+    from . import FineTuneClassifier, PairTuneTransformer
+
+    directory = Path(directory)
+    path = directory / PIPELINE_MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"No saved pipeline in {str(directory)!r}: {PIPELINE_MANIFEST} is missing.")
+    try:
+        manifest = json.loads(path.read_text())
+        if manifest.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"format version {manifest['format_version']} is newer than this package reads")
+        encoders = {c.__name__: c for c in (PairTuneTransformer, FineTuneClassifier)}
+        steps = []
+        for spec in manifest["steps"]:
+            kind = spec["kind"]
+            if kind in encoders:
+                step = encoders[kind].load(directory / spec["directory"])
+            elif kind in _SKLEARN_STEPS:
+                module = importlib.import_module(_SKLEARN_STEPS[kind][0])
+                step = getattr(module, kind)(**{k: _from_json(v) for k, v in spec["params"].items()})
+                for attr, value in spec["fitted"].items():
+                    setattr(step, attr, _from_json(value))
+            else:
+                raise ValueError(f"unknown step kind {kind!r}")
+            steps.append((spec["name"], step))
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{str(path)!r} is not a valid pipeline manifest: {exc}") from None
+    return Pipeline(steps)
