@@ -6,8 +6,9 @@ linear classifier (stage 2) in a scikit-learn ``Pipeline``.
 """
 
 from .finetune import FineTuneClassifier
+from .heads import LinearHeadClassifier
 from .pairtune import PairTuneTransformer
 
 __version__ = "0.1.0"
 
-__all__ = ["FineTuneClassifier", "PairTuneTransformer", "__version__"]
+__all__ = ["FineTuneClassifier", "LinearHeadClassifier", "PairTuneTransformer", "__version__"]
