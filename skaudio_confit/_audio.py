@@ -43,16 +43,21 @@ def as_clip_list(X):
 
     Accepted: a list/tuple (or pandas Series, or 1-column DataFrame) whose items are
     1-D arrays, 2-D multi-channel arrays or file paths; a 2-D numeric array
-    ``(n_clips, n_samples)``; a 3-D numeric array ``(n_clips, n_channels, n_samples)``
-    (an object array of numbers counts as numeric). Sparse matrices are refused.
+    ``(n_clips, n_samples)`` or an all-numeric DataFrame of that shape; a 3-D numeric
+    array ``(n_clips, n_channels, n_samples)`` (an object array of numbers counts as
+    numeric). Sparse matrices are refused.
     """
     if hasattr(X, "iloc") and hasattr(X, "columns"):  # pandas DataFrame
-        if X.shape[1] != 1:
+        numeric = all(kind in "biuf" for kind in X.dtypes.map(lambda d: d.kind))
+        if numeric:  # rows of samples, like a 2-D array (n_clips, n_samples)
+            X = X.to_numpy()
+        elif X.shape[1] == 1:
+            X = X.iloc[:, 0]
+        else:
             raise ValueError(
-                "A DataFrame X must have exactly one column holding clips or file paths, "
-                f"got {X.shape[1]} columns."
+                "A DataFrame X must be all numeric (one clip per row) or have exactly one "
+                f"column holding clips or file paths, got {X.shape[1]} columns."
             )
-        X = X.iloc[:, 0]
     if hasattr(X, "iloc"):  # pandas Series
         X = X.tolist()
     if _is_path(X):
@@ -292,6 +297,15 @@ def check_targets(n_clips, y):
         y = y.to_numpy()
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
+        import warnings
+
+        from sklearn.exceptions import DataConversionWarning
+
+        warnings.warn(
+            "A column-vector y was passed when a 1d array was expected. Please change "
+            "the shape of y to (n_samples,), for example using ravel().",
+            DataConversionWarning, stacklevel=3,
+        )
         y = y.ravel()
     if y.ndim != 1:
         raise ValueError(f"y must be 1-D (one label per clip), got shape {y.shape}.")
@@ -299,8 +313,15 @@ def check_targets(n_clips, y):
         raise ValueError(
             f"X and y have inconsistent lengths: {n_clips} clips but {len(y)} labels."
         )
-    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
-        raise ValueError("y contains NaN or infinite labels.")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)):
+            raise ValueError("y contains NaN or infinite labels.")
+        if not np.all(y == np.round(y)):
+            # scikit-learn's wording, so that callers recognise the error.
+            raise ValueError(
+                "Unknown label type: continuous. y must hold class labels (integers or "
+                "strings), not continuous values."
+            )
     return y
 
 

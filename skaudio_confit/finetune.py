@@ -6,7 +6,12 @@ import os
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import (
+    BaseEstimator,
+    ClassifierMixin,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+)
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
@@ -22,7 +27,8 @@ def _softmax(logits):
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin, ClassifierMixin,
+class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
+                         ClassNamePrefixFeaturesOutMixin, ClassifierMixin, TransformerMixin,
                          BaseEstimator):
     """End-to-end cross-entropy fine-tuning of a pretrained audio encoder (the baseline).
 
@@ -30,6 +36,8 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin, ClassifierM
     whole encoder (no layer frozen unless asked) by cross-entropy, with the same
     training loop, input layer, pooling and persistence as
     :class:`~skaudio_confit.PairTuneTransformer`, so the two compare like for like.
+    Like scikit-learn's ``LinearDiscriminantAnalysis`` it is also a transformer:
+    ``transform`` returns the tuned encoder's pooled embeddings (the head's input).
 
     Parameters
     ----------
@@ -199,21 +207,34 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin, ClassifierM
         """
         return self._embed(X)
 
-    def decision_function(self, X):
-        """Logits of the linear head, shape (n_clips, n_classes)."""
+    def _logits(self, X):
         check_is_fitted(self)
-        return self._embed(X) @ self.coef_.T + self.intercept_
+        return (self._embed(X) @ self.coef_.T + self.intercept_).astype(np.float64)
+
+    def decision_function(self, X):
+        """Scores of the linear head.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_clips, n_classes), or (n_clips,) for two classes
+            Logits; with two classes, as in scikit-learn, the logit difference in favour
+            of ``classes_[1]``.
+        """
+        logits = self._logits(X)
+        return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
 
     def predict_proba(self, X):
         """Class probabilities (softmax of the head's logits), shape (n_clips, n_classes)."""
-        return _softmax(self.decision_function(X).astype(np.float64))
+        return _softmax(self._logits(X))
 
     def predict(self, X):
         """Most probable class label of each clip."""
-        return self.classes_[self.decision_function(X).argmax(axis=1)]
+        best = self._logits(X).argmax(axis=1)
+        return self.classes_[best]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = True
+        tags.transformer_tags.preserves_dtype = ["float32"]
         tags.non_deterministic = False
         return tags
