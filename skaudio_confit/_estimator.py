@@ -72,16 +72,21 @@ class AudioEncoderMixin:
         return self._embed_waves(self.backbone_, waves, resolve_device(self.device),
                                  progress=bool(self.verbose))
 
-    def _fit_encoder(self, X, y, *, make_objective, batch_plan, score_fn, min_classes, desc):
+    def _fit_encoder(self, X, y, *, validation_data, make_objective, batch_plan, score_fn,
+                     min_classes, desc):
         """Load input and the pretrained backbone, then train under ``make_objective``.
 
-        ``batch_plan(codes) -> plan`` and ``score_fn(backbone, objective, waves, codes,
-        device) -> float`` (validation score, higher is better) adapt the shared loop
-        to one estimator. Returns ``(backbone, objective, classes, history)``; nothing
-        is stored on ``self`` so that a failed fit leaves a fitted estimator intact.
+        ``batch_plan(codes) -> plan`` and ``score_fn(backbone, objective, valid_waves,
+        valid_codes, train_waves, train_codes, device) -> float`` (validation score,
+        higher is better) adapt the shared loop to one estimator. The validation clips
+        are ``validation_data`` if given, else a ``validation_fraction`` of ``X``.
+        Returns ``(backbone, objective, classes, history)``; nothing is stored on
+        ``self``, so that a failed fit leaves a fitted estimator intact.
         """
         self._validate_params()
         as_clip_list(X)  # input-kind errors before the (slower) backbone load
+        if validation_data is not None and self.validation_fraction is not None:
+            raise ValueError("Pass validation_data or set validation_fraction, not both.")
         backbone = self._pretrained_backbone()
         waves = self._load_input(X, backbone.sampling_rate)
         y = check_targets(len(waves), y)
@@ -89,7 +94,7 @@ class AudioEncoderMixin:
         if len(classes) < min_classes:
             raise ValueError(
                 f"{type(self).__name__} needs at least {min_classes} classes in y, got "
-                f"{len(classes)}."
+                f"{len(classes)} class{'es' if len(classes) != 1 else ''}."
             )
         device = resolve_device(self.device)
         seed, rng = seeds_from(self.random_state)
@@ -97,17 +102,22 @@ class AudioEncoderMixin:
         history = []
         if self.epochs > 0:
             train_idx, valid_idx = self._split_validation(len(waves), codes, rng)
+            train_waves, train_codes = [waves[i] for i in train_idx], codes[train_idx]
+            if validation_data is not None:
+                valid_waves, valid_codes = self._validation_clips(validation_data, classes,
+                                                                  backbone)
+            elif valid_idx is not None:
+                valid_waves, valid_codes = [waves[i] for i in valid_idx], codes[valid_idx]
             monitor, callbacks = None, ()
-            if valid_idx is not None:
-                valid_waves = [waves[i] for i in valid_idx]
+            if validation_data is not None or valid_idx is not None:
                 monitor = ValidationMonitor(
-                    lambda: score_fn(backbone, objective, valid_waves, codes[valid_idx], device),
+                    lambda: score_fn(backbone, objective, valid_waves, valid_codes,
+                                     train_waves, train_codes, device),
                     [backbone, objective], patience=self.n_iter_no_change,
                 )
                 callbacks = (monitor,)
-            train_codes = codes[train_idx]
             history = train_encoder(
-                backbone, objective, [waves[i] for i in train_idx], train_codes,
+                backbone, objective, train_waves, train_codes,
                 batch_plan=batch_plan(train_codes), epochs=self.epochs,
                 learning_rate=self.learning_rate, weight_decay=self.weight_decay,
                 layer=self.layer, max_samples=max_samples(self.max_duration, backbone.sampling_rate),
@@ -117,6 +127,20 @@ class AudioEncoderMixin:
             if monitor is not None:
                 monitor.restore_best()
         return backbone.eval(), objective.eval(), classes, history
+
+    def _validation_clips(self, validation_data, classes, backbone):
+        """Waves and class codes of a user's ``(X_val, y_val)``."""
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise TypeError("validation_data must be a pair (X_val, y_val).")
+        waves = self._load_input(validation_data[0], backbone.sampling_rate)
+        labels = check_targets(len(waves), validation_data[1])
+        lookup = {label: code for code, label in enumerate(classes.tolist())}
+        unknown = sorted({str(v) for v in labels.tolist() if v not in lookup})
+        if unknown:
+            raise ValueError(
+                f"validation_data has labels not seen in y: {', '.join(unknown[:5])}."
+            )
+        return waves, np.array([lookup[v] for v in labels.tolist()])
 
     def _embed_waves(self, backbone, waves, device, progress=False):
         from tqdm.auto import tqdm
@@ -147,25 +171,17 @@ class AudioEncoderMixin:
             ) from None
 
 
-def nearest_centroid_accuracy(embeddings, codes):
-    """Leave-one-out nearest-centroid accuracy (cosine) of embeddings with known classes.
+def nearest_centroid_accuracy(train_embeddings, train_codes, test_embeddings, test_codes):
+    """Accuracy of assigning each test embedding to the nearest class centroid (cosine).
 
-    Each clip is compared with the centroids of every class, its own class's centroid
-    computed without it. Needs no trained head, so it scores contrastive embeddings.
+    Centroids are the means of the L2-normalised training embeddings of each class.
+    Needs no trained head, so it scores contrastive embeddings during training.
     """
-    z = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True).clip(1e-12)
-    classes, codes = np.unique(codes, return_inverse=True)
-    sums = np.zeros((len(classes), z.shape[1]))
-    np.add.at(sums, codes, z)
-    counts = np.bincount(codes, minlength=len(classes)).astype(float)
-    correct = 0
-    for i, (row, c) in enumerate(zip(z, codes)):
-        centroids = sums.copy()
-        sizes = counts.copy()
-        centroids[c] -= row
-        sizes[c] -= 1
-        valid = sizes > 0
-        centroids = centroids[valid] / sizes[valid, None]
-        centroids /= np.linalg.norm(centroids, axis=1, keepdims=True).clip(1e-12)
-        correct += np.flatnonzero(valid)[np.argmax(centroids @ row)] == c
-    return correct / len(codes)
+
+    def unit(a):
+        return a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
+
+    train, test = unit(train_embeddings), unit(test_embeddings)
+    classes = np.unique(train_codes)
+    centroids = unit(np.stack([train[train_codes == c].mean(axis=0) for c in classes]))
+    return float(np.mean(classes[(test @ centroids.T).argmax(axis=1)] == test_codes))

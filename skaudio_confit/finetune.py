@@ -66,7 +66,8 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
     gradient_checkpointing : bool, default=False
         Trade compute for memory in training.
     validation_fraction : float or None, default=None
-        Fraction of clips held out (stratified) to record ``valid_accuracy`` per epoch.
+        Fraction of clips held out (stratified) to record ``valid_accuracy`` per epoch,
+        as with ``fit(..., validation_data=...)``.
     n_iter_no_change : int or None, default=None
         With a validation set, stop after this many epochs without improvement and
         keep the best epoch's weights.
@@ -161,7 +162,7 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
         self.random_state = random_state
         self.verbose = verbose
 
-    def fit(self, X, y):
+    def fit(self, X, y, validation_data=None):
         """Fine-tune encoder and linear head on labelled clips.
 
         Parameters
@@ -170,13 +171,17 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
             Clips of any length (arrays at ``sampling_rate``, or audio files).
         y : array-like of shape (n_clips,)
             Class labels (strings, integers or a mix); at least two classes.
+        validation_data : tuple (X_val, y_val), default=None
+            Held-out clips whose accuracy is recorded after every epoch
+            (``valid_accuracy`` in ``history_``); with ``n_iter_no_change``, training
+            stops early and keeps the best epoch.
 
         Returns
         -------
         self : FineTuneClassifier
         """
         backbone, objective, classes, history = self._fit_encoder(
-            X, y,
+            X, y, validation_data=validation_data,
             make_objective=lambda backbone, n_classes: CrossEntropyObjective(
                 backbone.hidden_size, n_classes, head_learning_rate=self.head_learning_rate
             ),
@@ -192,11 +197,12 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
         self._record_input_shape(X)
         return self
 
-    def _validation_score(self, backbone, objective, waves, codes, device):
-        pooled = self._embed_waves(backbone, waves, device)
+    def _validation_score(self, backbone, objective, valid_waves, valid_codes, train_waves,
+                          train_codes, device):
+        pooled = self._embed_waves(backbone, valid_waves, device)
         weight = objective.head.weight.detach().cpu().numpy()
         bias = objective.head.bias.detach().cpu().numpy()
-        return float(np.mean((pooled @ weight.T + bias).argmax(axis=1) == codes))
+        return float(np.mean((pooled @ weight.T + bias).argmax(axis=1) == valid_codes))
 
     def transform(self, X):
         """Mean-pooled embeddings of the fine-tuned encoder (the head's input).

@@ -76,9 +76,8 @@ class PairTuneTransformer(
     gradient_checkpointing : bool, default=False
         Trade compute for memory in training.
     validation_fraction : float or None, default=None
-        Fraction of the training clips held out (stratified) to score each epoch by
-        leave-one-out nearest-centroid accuracy of their embeddings, recorded as
-        ``valid_accuracy`` in ``history_``. None: no validation.
+        Fraction of the training clips held out (stratified) to score each epoch, as
+        with ``fit(..., validation_data=...)``. None: no validation.
     n_iter_no_change : int or None, default=None
         With a validation set, stop after this many epochs without a better score and
         keep the weights of the best epoch. None: train all ``epochs``.
@@ -184,7 +183,7 @@ class PairTuneTransformer(
         self.random_state = random_state
         self.verbose = verbose
 
-    def fit(self, X, y):
+    def fit(self, X, y, validation_data=None):
         """Fine-tune the pretrained encoder on labelled clips.
 
         Parameters
@@ -193,13 +192,19 @@ class PairTuneTransformer(
             Clips of any length (arrays at ``sampling_rate``, or audio files).
         y : array-like of shape (n_clips,)
             Class labels (strings, integers or a mix); at least two classes.
+        validation_data : tuple (X_val, y_val), default=None
+            Held-out clips scored after every epoch (``valid_accuracy`` in
+            ``history_``: nearest-centroid accuracy with the class centroids of the
+            training clips' embeddings). With ``n_iter_no_change``, training stops
+            early and keeps the best epoch. In a Pipeline pass it as
+            ``pairtune__validation_data``.
 
         Returns
         -------
         self : PairTuneTransformer
         """
         backbone, _, classes, history = self._fit_encoder(
-            X, y,
+            X, y, validation_data=validation_data,
             make_objective=lambda backbone, n_classes: SupConObjective(
                 backbone.hidden_size, self.projection_dim, self.temperature, self.mining,
                 self.mining_margin,
@@ -216,9 +221,13 @@ class PairTuneTransformer(
         self._record_input_shape(X)
         return self
 
-    def _validation_score(self, backbone, objective, waves, codes, device):
-        # No classifier exists yet in stage 1: score how well embeddings cluster.
-        return nearest_centroid_accuracy(self._embed_waves(backbone, waves, device), codes)
+    def _validation_score(self, backbone, objective, valid_waves, valid_codes, train_waves,
+                          train_codes, device):
+        # No classifier exists in stage 1: score the embeddings by nearest centroid.
+        return nearest_centroid_accuracy(
+            self._embed_waves(backbone, train_waves, device), train_codes,
+            self._embed_waves(backbone, valid_waves, device), valid_codes,
+        )
 
     def transform(self, X):
         """Mean-pooled embeddings of the tuned encoder.

@@ -97,7 +97,7 @@ def test_early_stopping_restores_the_best_epoch(tiny_whisper_encoder_dir, monkey
     X, y = make_class_sines(n_per_class=8)
     seen = []
 
-    def scripted_score(self, backbone, objective, waves, codes, device):
+    def scripted_score(self, backbone, objective, *args):
         seen.append(objective.head.weight.detach().clone())
         return [0.2, 0.9, 0.5, 0.4][len(seen) - 1]
 
@@ -106,6 +106,20 @@ def test_early_stopping_restores_the_best_epoch(tiny_whisper_encoder_dir, monkey
                              validation_fraction=0.25, n_iter_no_change=2).fit(X, y)
     assert [r["epoch"] for r in clf.history_] == [1, 2, 3, 4]
     np.testing.assert_array_equal(clf.coef_, seen[1].numpy())
+
+
+def test_validation_data_is_scored_every_epoch(tiny_whisper_encoder_dir, data):
+    X, y = data
+    X_val, y_val = make_class_sines(n_per_class=3, seed=5)
+    clf = FineTuneClassifier(tiny_whisper_encoder_dir, **{**FAST, "epochs": 3})
+    clf.fit(X, y, validation_data=(X_val, y_val))
+    assert len(clf.history_) == 3
+    # The last epoch's record is the accuracy of the final model on those clips.
+    assert clf.history_[-1]["valid_accuracy"] == pytest.approx(clf.score(X_val, y_val))
+    with pytest.raises(ValueError, match="not seen in y"):
+        clf.fit(X, y, validation_data=(X_val, y_val + 7))
+    with pytest.raises(ValueError, match="not both"):
+        clf.set_params(validation_fraction=0.2).fit(X, y, validation_data=(X_val, y_val))
 
 
 def test_labels_of_any_type(tiny_whisper_encoder_dir, data):
