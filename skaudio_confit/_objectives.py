@@ -7,10 +7,21 @@ cross-entropy). Heads live in the objective so they are dropped with it after fi
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torch.nn import functional as F
 
 MINING_OPTIONS = ("multi-similarity", "none")
+
+
+def _head(in_dim, out_dim):
+    """A linear head built without drawing from the caller's global torch RNG.
+
+    The training loop initialises heads again under the fit's own seed; building one
+    here must not advance the user's random stream.
+    """
+    with torch.random.fork_rng(devices=[]):
+        return nn.Linear(in_dim, out_dim)
 
 
 class SupConObjective(nn.Module):
@@ -28,7 +39,7 @@ class SupConObjective(nn.Module):
         super().__init__()
         from pytorch_metric_learning import losses, miners
 
-        self.projection = nn.Linear(in_dim, projection_dim)
+        self.projection = _head(in_dim, projection_dim)
         self.loss = losses.SupConLoss(temperature=temperature)
         self.miner = miners.MultiSimilarityMiner(epsilon=margin) if mining != "none" else None
 
@@ -51,7 +62,7 @@ class CrossEntropyObjective(nn.Module):
 
     def __init__(self, in_dim, n_classes, head_learning_rate=None):
         super().__init__()
-        self.head = nn.Linear(in_dim, n_classes)
+        self.head = _head(in_dim, n_classes)
         self.head_learning_rate = head_learning_rate
 
     def param_groups(self):

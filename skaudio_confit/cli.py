@@ -14,7 +14,7 @@ def _demo(args):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from . import PairTuneTransformer
+    from . import FineTuneClassifier, PairTuneTransformer
     from .datasets import load_spoken_digits
 
     bunch = load_spoken_digits(target="speaker")
@@ -31,18 +31,27 @@ def _demo(args):
         f"{len(X_train)} training clips ({args.train_takes} takes per speaker and digit), "
         f"{len(X_test)} test clips; bundled Whisper tiny.en encoder."
     )
-    rows = []
-    for name, epochs in [("frozen encoder + LogisticRegression", 0),
-                         (f"PairTune ({args.epochs} epochs) + LogisticRegression", args.epochs)]:
-        model = make_pipeline(
-            PairTuneTransformer(
-                sampling_rate=bunch.sampling_rate, epochs=epochs,
-                learning_rate=args.learning_rate, random_state=args.seed,
-                verbose=int(not args.quiet),
-            ),
+    verbose = int(not args.quiet)
+
+    def pairtune(epochs):
+        return make_pipeline(
+            PairTuneTransformer(sampling_rate=bunch.sampling_rate, epochs=epochs,
+                                learning_rate=args.learning_rate, random_state=args.seed,
+                                verbose=verbose),
             StandardScaler(),
             LogisticRegression(max_iter=2000),
         )
+
+    models = [
+        ("frozen encoder + LogisticRegression", pairtune(0)),
+        (f"FineTune ({args.epochs} epochs)",
+         FineTuneClassifier(sampling_rate=bunch.sampling_rate, epochs=args.epochs,
+                            learning_rate=args.learning_rate, random_state=args.seed,
+                            verbose=verbose)),
+        (f"PairTune ({args.epochs} epochs) + LogisticRegression", pairtune(args.epochs)),
+    ]
+    rows = []
+    for name, model in models:
         start = time.perf_counter()
         model.fit(X_train, y_train)
         seconds = time.perf_counter() - start
@@ -258,12 +267,13 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
-        help="PairTune vs the frozen encoder on bundled FSDD speakers (offline, CPU ok)",
+        help="frozen vs FineTune vs PairTune on bundled FSDD speakers (offline, CPU ok)",
         description="Few-shot speaker identification on the bundled Free Spoken Digit "
         "Dataset with the bundled Whisper tiny.en encoder: frozen encoder + "
-        "LogisticRegression against PairTune + LogisticRegression, same split.",
+        "LogisticRegression, FineTune, and PairTune + LogisticRegression, same split.",
     )
-    demo.add_argument("--epochs", type=_positive_int, default=3, help="PairTune epochs (3)")
+    demo.add_argument("--epochs", type=_positive_int, default=3,
+                      help="FineTune and PairTune epochs (3)")
     demo.add_argument("--train-takes", type=_positive_int, default=5,
                       choices=range(1, 46), metavar="N",
                       help="training takes per speaker and digit, 1-45 (5)")

@@ -14,6 +14,7 @@ import torch
 from conftest import dominant_frequency, sine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sklearn.exceptions import DataConversionWarning
 
 from skaudio_confit._audio import (
     as_clip_list,
@@ -554,9 +555,9 @@ def test_check_sampling_rate_returns_float():
 
 def test_check_targets_accepts_1d_and_column_vectors():
     np.testing.assert_array_equal(check_targets(3, [0, 1, 0]), [0, 1, 0])
-    np.testing.assert_array_equal(
-        check_targets(3, np.array([[1], [2], [3]])), [1, 2, 3]
-    )
+    with pytest.warns(DataConversionWarning, match="column-vector y"):
+        column = check_targets(3, np.array([[1], [2], [3]]))
+    np.testing.assert_array_equal(column, [1, 2, 3])
     out = check_targets(2, pd.Series(["a", "b"], index=[5, 9]))
     assert isinstance(out, np.ndarray)
     np.testing.assert_array_equal(out, ["a", "b"])
