@@ -9,6 +9,7 @@ from ._audio import as_clip_list, check_targets, load_waveforms, max_samples
 from ._device import resolve_device
 from ._objectives import encode_labels
 from ._pooling import embed_waveforms
+from ._threads import budget_threads
 from ._training import ValidationMonitor, seeds_from, train_encoder
 from .backbones import load_backbone
 
@@ -146,8 +147,9 @@ class AudioEncoderMixin:
         from tqdm.auto import tqdm
 
         backbone.to(device)
-        with tqdm(total=len(waves), desc="embed", unit="clip", disable=not progress,
-                  leave=False) as bar:
+        # Torch threads follow the Dask/loky worker's budget (unchanged elsewhere).
+        with budget_threads(), tqdm(total=len(waves), desc="embed", unit="clip",
+                                    disable=not progress, leave=False) as bar:
             return embed_waveforms(
                 backbone, waves, layer=self.layer, batch_size=self.batch_size,
                 max_samples=self._window_samples(backbone), device=device, progress=bar,

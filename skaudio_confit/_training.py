@@ -5,11 +5,21 @@ crops, the optimiser, progress bars and the per-epoch history. What varies betwe
 estimators is the objective (a module mapping pooled features and labels to a loss)
 and the batch plan (class-balanced for contrastive learning, shuffled for
 cross-entropy). Callbacks see each epoch's record and may stop training early.
+
+The loop runs torch on the thread budget of the worker it is in (``_threads``), and,
+when ``torch.distributed`` has been initialised with more than one process (a script
+launched by ``torchrun``), trains data-parallel through ``DistributedDataParallel``:
+every rank draws the same batch plan, takes every ``world_size``-th batch of it, and
+gradients are averaged across ranks at each step. See docs/scale-out.md.
 """
 
 from __future__ import annotations
 
+import copy
+import math
+import os
 import time
+import zlib
 from collections import defaultdict
 
 import numpy as np
@@ -18,15 +28,22 @@ import torch
 from ._audio import pad_to_length, random_crop
 from ._device import autocast
 from ._pooling import masked_mean
+from ._threads import budget_threads
 from .backbones._base import batch_to
 
 
 def seeds_from(random_state):
-    """Derive a torch seed and a numpy Generator from a scikit-learn ``random_state``."""
+    """Derive a torch seed and a numpy Generator from a scikit-learn ``random_state``.
+
+    Under ``torch.distributed`` (more than one process) rank 0's seeds hold for every
+    rank, so that all ranks split, batch and crop alike even with ``random_state=None``.
+    """
     from sklearn.utils import check_random_state
 
     rs = check_random_state(random_state)
     torch_seed, numpy_seed = rs.randint(0, 2**31 - 1, size=2)
+    if _process_group() is not None:
+        torch_seed, numpy_seed = _broadcast_from_rank0([torch_seed, numpy_seed])
     return int(torch_seed), np.random.default_rng(int(numpy_seed))
 
 
@@ -38,6 +55,28 @@ def shuffled_batches(n_clips, batch_size):
         return [order[i : i + batch_size] for i in range(0, n_clips, batch_size)]
 
     return plan
+
+
+class _TrainingStep(torch.nn.Module):
+    """Backbone, pooling and objective as one module: clips and labels in, loss out.
+
+    One forward for ``DistributedDataParallel`` to wrap (it must see the whole
+    forward to average the gradients of every trainable parameter); a single process
+    calls it directly, which is the very same computation.
+    """
+
+    def __init__(self, backbone, objective, layer, device):
+        super().__init__()
+        self.backbone = backbone
+        self.objective = objective
+        self.layer = layer
+        self.device = device
+
+    def forward(self, batch, targets):
+        with autocast(self.device):
+            hidden, frame_mask = self.backbone(batch, self.layer)
+        # The objective runs in float32: similarities at low temperature need it.
+        return self.objective(masked_mean(hidden.float(), frame_mask), targets)
 
 
 def train_encoder(
@@ -89,12 +128,45 @@ def train_encoder(
     history : list of dict
         One record per epoch: ``epoch``, ``loss``, ``seconds``, ``batches`` and the
         objective's statistics (summed over the epoch for counts).
+
+    Notes
+    -----
+    Torch runs on :func:`~skaudio_confit._threads.thread_budget` threads (a Dask or
+    loky worker's allotment; unchanged elsewhere). When ``torch.distributed`` is
+    initialised with ``world_size > 1``, every rank must call this with the same
+    clips and settings: the rank with index ``r`` runs batches ``r, r + world_size,
+    ...`` of each epoch's plan (the plan is padded by wrapping around so that every
+    rank takes the same number of steps), ``DistributedDataParallel`` averages the
+    gradients, the epoch's record sums loss and statistics over all ranks, and only
+    rank 0 shows progress. Every rank ends with the same weights.
     """
+    with budget_threads():
+        return _train_encoder(
+            backbone, objective, waves, codes, batch_plan=batch_plan, epochs=epochs,
+            learning_rate=learning_rate, weight_decay=weight_decay, layer=layer,
+            max_samples=max_samples, device=device,
+            gradient_checkpointing=gradient_checkpointing, seed=seed, rng=rng,
+            callbacks=callbacks, verbose=verbose, desc=desc,
+        )
+
+
+def _train_encoder(backbone, objective, waves, codes, *, batch_plan, epochs, learning_rate,
+                   weight_decay, layer, max_samples, device, gradient_checkpointing, seed, rng,
+                   callbacks, verbose, desc):
     from tqdm.auto import tqdm
 
     device = device or torch.device("cpu")
     rng = rng if rng is not None else np.random.default_rng(seed)
     codes = np.asarray(codes)
+    group = _process_group()
+    rank, world = group if group is not None else (0, 1)
+    if group is not None:
+        device = _rank_device(device)
+        _check_same_fit(waves, codes, batch_plan, rng, [
+            seed, epochs, learning_rate, weight_decay, layer,
+            -1 if max_samples is None else max_samples,
+        ])
+    show = bool(verbose) and rank == 0
     backbone.to(device)
     objective.to(device)
     if gradient_checkpointing:
@@ -105,6 +177,7 @@ def train_encoder(
                else [{"params": list(objective.parameters())}])
     optimizer = torch.optim.AdamW(groups, lr=learning_rate, weight_decay=weight_decay)
     history = []
+    model = None
     # fork_rng keeps the caller's global torch RNG untouched while dropout, masking
     # and head initialisation draw from our seed.
     fork_devices = [device.index or 0] if device.type == "cuda" else []
@@ -115,24 +188,33 @@ def train_encoder(
             for module in objective.modules():
                 if isinstance(module, torch.nn.Linear):
                     module.reset_parameters()
+            model = _TrainingStep(backbone, objective, layer, device)
+            if world > 1:
+                model = _data_parallel(model, device)
             for epoch in range(1, epochs + 1):
                 batches = batch_plan(rng)
+                n_steps = math.ceil(len(batches) / world)
                 record = _run_epoch(
-                    backbone, objective, optimizer, waves, codes, batches, rng,
-                    layer=layer, max_samples=max_samples, device=device,
-                    progress=tqdm(total=len(batches), desc=f"{desc} epoch {epoch}/{epochs}",
-                                  disable=not verbose, leave=False, unit="batch"),
+                    model, backbone, optimizer, waves, codes, batches, rng,
+                    max_samples=max_samples, device=device, rank=rank, world=world,
+                    progress=tqdm(total=n_steps, desc=f"{desc} epoch {epoch}/{epochs}",
+                                  disable=not show, leave=False, unit="batch"),
                 )
                 record["epoch"] = epoch
                 history.append(record)
-                if verbose:
+                if show:
                     tqdm.write(
                         f"{desc} epoch {epoch}/{epochs}: loss {record['loss']:.4f} "
                         f"({record['seconds']:.1f} s)"
                     )
-                if any(cb.on_epoch_end(record) for cb in callbacks):
+                stop = any(cb.on_epoch_end(record) for cb in callbacks)
+                if world > 1:  # rank 0 decides, so that no rank waits for the others
+                    stop = bool(_broadcast_from_rank0([int(stop)])[0])
+                if stop:
                     break
     finally:
+        del model  # a DistributedDataParallel wrapper lets go of the modules
+        optimizer.zero_grad(set_to_none=True)  # a fitted model keeps no gradients
         if gradient_checkpointing:
             backbone.model.gradient_checkpointing_disable()
         backbone.eval()
@@ -140,23 +222,32 @@ def train_encoder(
     return history
 
 
-def _run_epoch(backbone, objective, optimizer, waves, codes, batches, rng, *, layer,
-               max_samples, device, progress):
-    backbone.train()
-    objective.train()
+def _run_epoch(model, backbone, optimizer, waves, codes, batches, rng, *, max_samples,
+               device, progress, rank=0, world=1):
+    model.train()
     start = time.perf_counter()
     total_loss, n_seen = 0.0, 0
     stats_sum = defaultdict(float)
+    if world == 1:
+        steps = ((idx, None) for idx in batches)  # crops drawn batch by batch
+    else:
+        # Every rank draws the crops of every batch, in plan order, so that the numpy
+        # stream (and with it the next epoch's plan) stays the same on all ranks and
+        # equals that of one process; each rank then runs its own share.
+        crops = [[_training_clip(waves[i], backbone, max_samples, rng) for i in idx]
+                 for idx in batches]
+        steps = ((batches[j], crops[j]) for j in _rank_steps(len(batches), rank, world))
     with progress:
-        for idx in batches:
-            clips = [_training_clip(waves[i], backbone, max_samples, rng) for i in idx]
+        for idx, clips in steps:
+            if clips is None:
+                clips = [_training_clip(waves[i], backbone, max_samples, rng) for i in idx]
             batch = batch_to(backbone.featurize(clips), device)
             targets = torch.as_tensor(codes[idx], device=device)
-            with autocast(device):
-                hidden, frame_mask = backbone(batch, layer)
-            # The objective runs in float32: similarities at low temperature need it.
-            loss, stats = objective(masked_mean(hidden.float(), frame_mask), targets)
-            if not torch.isfinite(loss):
+            loss, stats = model(batch, targets)
+            finite = bool(torch.isfinite(loss))
+            if world > 1:  # every rank raises, or none: none may wait in backward
+                finite = _all_ranks_true(finite)
+            if not finite:
                 raise FloatingPointError(
                     "The training loss became NaN or infinite; lower learning_rate."
                 )
@@ -169,6 +260,11 @@ def _run_epoch(backbone, objective, optimizer, waves, codes, batches, rng, *, la
                 stats_sum[key] += value * (len(idx) if key.endswith("accuracy") else 1)
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    if world > 1:  # the epoch's record covers the batches of all ranks
+        keys = list(stats_sum)
+        summed = _sum_over_ranks([total_loss, n_seen, *(stats_sum[k] for k in keys)])
+        total_loss, n_seen = summed[0], int(summed[1])
+        stats_sum = dict(zip(keys, summed[2:]))
     record = {"loss": total_loss / max(n_seen, 1), "batches": len(batches)}
     for key, value in stats_sum.items():
         record[key] = value / n_seen if key.endswith("accuracy") else int(value)
@@ -206,7 +302,14 @@ class ValidationMonitor:
         self._since_best = 0
 
     def on_epoch_end(self, record):
-        score = float(self.score_fn())
+        if _process_group() is None:
+            score = float(self.score_fn())
+        else:
+            # Rank 0 scores; its score holds for all, so every rank keeps the same
+            # best epoch and stops at the same time (the weights are the same).
+            rank, _ = _process_group()
+            score = float(self.score_fn()) if rank == 0 else 0.0
+            score = float(_broadcast_from_rank0([score], dtype=torch.float64)[0])
         record["valid_accuracy"] = score
         if self.best_score is None or score > self.best_score:
             self.best_score, self.best_epoch, self._since_best = score, record["epoch"], 0
@@ -223,3 +326,127 @@ class ValidationMonitor:
         if self._best_states is not None:
             for module, state in zip(self.modules, self._best_states):
                 module.load_state_dict(state)
+
+
+# --------------------------------------------------------------------------------------
+# torch.distributed: the few collectives the loop needs
+# --------------------------------------------------------------------------------------
+
+
+def _process_group():
+    """``(rank, world_size)`` of an initialised default process group of 2+ processes.
+
+    None otherwise (no ``torch.distributed``, not initialised, or a single process),
+    in which case training is the plain single-process loop.
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    world = dist.get_world_size()
+    return (dist.get_rank(), world) if world > 1 else None
+
+
+def _local_cuda_device():
+    """This rank's GPU: ``LOCAL_RANK`` (set by torchrun), else the current device."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    if local_rank is not None and int(local_rank) < torch.cuda.device_count():
+        return torch.device("cuda", int(local_rank))
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _rank_device(device):
+    """A bare ``cuda`` (what ``device="auto"`` gives) becomes this rank's own GPU.
+
+    It is also made the current CUDA device, so that inference after ``fit`` (which
+    asks for plain ``cuda``) runs on the same GPU. An explicit ``cuda:N`` is kept.
+    """
+    if device.type == "cuda" and device.index is None:
+        device = _local_cuda_device()
+        torch.cuda.set_device(device)
+    return device
+
+
+def _collective_device():
+    """Where small tensors for collectives live: the rank's GPU for NCCL, else CPU."""
+    if torch.distributed.get_backend() == "nccl":
+        return _local_cuda_device()
+    return torch.device("cpu")
+
+
+def _broadcast_from_rank0(values, dtype=torch.int64):
+    """Rank 0's ``values`` (a list of numbers), on every rank."""
+    tensor = torch.tensor(list(values), dtype=dtype, device=_collective_device())
+    torch.distributed.broadcast(tensor, src=0)
+    return tensor.tolist()
+
+
+def _sum_over_ranks(values):
+    """Element-wise sum over ranks of a list of numbers (float64)."""
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64,
+                          device=_collective_device())
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def _all_ranks_true(flag):
+    """Whether ``flag`` holds on every rank."""
+    tensor = torch.tensor([int(bool(flag))], dtype=torch.int64, device=_collective_device())
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MIN)
+    return bool(tensor.item())
+
+
+def _check_same_fit(waves, codes, batch_plan, rng, settings):
+    """Raise on every rank unless all ranks fit the same clips, labels and settings.
+
+    A rank with other data would silently train on a mix; one with another number
+    of epochs or batches would leave the others waiting forever. Compared: the clips
+    (a CRC of their samples), the labels, the first epoch's batch plan (drawn from a
+    copy of ``rng``, so batch sizes count too) and ``settings`` (numbers).
+    """
+    clips_crc = 0
+    for wave in waves:
+        clips_crc = zlib.crc32(np.ascontiguousarray(wave), clips_crc)
+    plan = batch_plan(copy.deepcopy(rng))
+    fingerprint = [
+        len(waves),
+        clips_crc,
+        zlib.crc32(np.ascontiguousarray(codes, dtype=np.int64)),
+        len(plan),
+        zlib.crc32(np.concatenate([np.asarray(b, dtype=np.int64) for b in plan])),
+        *settings,
+    ]
+    tensor = torch.tensor([float(v) for v in fingerprint], dtype=torch.float64,
+                          device=_collective_device())
+    low, high = tensor.clone(), tensor.clone()
+    torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
+    torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+    if not torch.equal(low, high):
+        raise ValueError(
+            "Under torch.distributed every rank must call fit with the same clips, "
+            "labels, parameters and random_state; they differ between ranks (each rank "
+            "runs its share of one common batch plan). Load the same data on every rank."
+        )
+
+
+def _rank_steps(n_batches, rank, world):
+    """Indices of the batches that ``rank`` runs: ``rank, rank + world, ...``.
+
+    The plan is padded by wrapping around to a multiple of ``world`` so that every
+    rank takes ``ceil(n_batches / world)`` steps (each step averages ``world``
+    batches); every batch is run at least once per epoch.
+    """
+    return [(rank + world * step) % n_batches for step in range(math.ceil(n_batches / world))]
+
+
+def _data_parallel(model, device):
+    """Wrap ``model`` in ``DistributedDataParallel`` for this rank's device.
+
+    ``find_unused_parameters``: with ``layer`` below the last one the layers above it
+    get no gradient, and layerdrop skips layers at random.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    kwargs = {"find_unused_parameters": True}
+    if device.type == "cuda":
+        kwargs.update(device_ids=[device.index], output_device=device.index)
+    return DistributedDataParallel(model, **kwargs)
