@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -77,13 +78,16 @@ def as_clip_list(X):
         if X.dtype == object and X.ndim in (2, 3):
             # Equal-length clips in an object array (np.array(clips, dtype=object)
             # stacks them): numbers are read as float64, anything else is an error.
-            try:
-                X = X.astype(np.float64)
-            except (TypeError, ValueError) as exc:
-                raise TypeError(
-                    f"A {X.ndim}-D object array X must hold numbers (n_clips, n_samples); "
-                    f"converting it failed: {exc}"
-                ) from None
+            for value in X.ravel():
+                if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                    # The wording matches scikit-learn's check_dtype_object.
+                    raise TypeError(
+                        f"A {X.ndim}-D object array X must hold numbers (n_clips, "
+                        f"n_samples), found a {type(value).__name__}. Each element "
+                        "argument must be a real number; a string, even one holding a "
+                        "number, is refused."
+                    )
+            X = X.astype(np.float64)
         if X.dtype == object or (X.ndim == 1 and X.dtype.kind in "US"):  # e.g. paths
             if X.ndim != 1:
                 raise ValueError(f"An object array X must be 1-D, got shape {X.shape}.")
@@ -147,22 +151,22 @@ def _to_mono_float(clip, index):
         arr = np.asarray(clip)
     except (ValueError, TypeError) as exc:  # ragged nested lists
         raise TypeError(f"Clip {index} is not a numeric array: {exc}") from None
+    if arr.dtype == object:
+        arr = _object_clip_to_float(arr, index)
     if arr.dtype.kind == "c":
         # ValueError with scikit-learn's wording, as check_array raises for complex data.
         raise ValueError(
             f"Clip {index} has complex samples (dtype {arr.dtype}): Complex data not "
             "supported; pass real float or integer PCM samples."
         )
-    if arr.dtype == object or arr.dtype.kind in "USVMmb":
+    if arr.dtype.kind not in "iuf":
         raise TypeError(
             f"Clip {index} has non-numeric or unsupported data (dtype {arr.dtype}); "
             "expected real float or integer PCM samples, or a file path."
         )
     if arr.size == 0:  # before mixing, whose channel guess is meaningless when empty
         raise ValueError(f"Clip {index} is empty (0 samples).")
-    if arr.ndim == 2:
-        arr = _mix_to_mono(arr, index)
-    elif arr.ndim != 1:
+    if arr.ndim not in (1, 2):
         raise ValueError(
             f"Clip {index} must be 1-D (samples) or 2-D (channels x samples), got shape "
             f"{arr.shape}."
@@ -170,13 +174,43 @@ def _to_mono_float(clip, index):
     if arr.dtype.kind in "iu":
         arr = _pcm_to_float(arr, index)
     else:
-        arr = arr.astype(np.float32, copy=False)
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"Clip {index} contains NaN or infinite samples.")
+        _check_float_range(arr, index)
+    if arr.ndim == 2:
+        arr = _mix_to_mono(arr, index)
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+def _object_clip_to_float(arr, index):
+    """An object array of real numbers as float64 (as for a 2-D object ``X``)."""
+    for value in arr.ravel():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(
+                f"Clip {index} has non-numeric or unsupported data (an object array "
+                f"holding {type(value).__name__}); expected real float or integer PCM "
+                "samples, or a file path."
+            )
+    return arr.astype(np.float64)
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_float_range(arr, index):
+    """Refuse NaN/inf samples and samples that float32 cannot hold (they would be inf)."""
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"Clip {index} contains NaN or infinite samples.")
+    if arr.dtype.itemsize > 4:
+        peak = float(np.max(np.abs(arr)))
+        if peak > _FLOAT32_MAX:
+            raise ValueError(
+                f"Clip {index} has samples beyond the float32 range (peak |sample| "
+                f"{peak:.3g} > {_FLOAT32_MAX:.3g}); audio samples are expected in [-1, 1]: "
+                "scale the clip down."
+            )
+
+
 def _mix_to_mono(arr, index):
+    """The channel mean of a 2-D float32 clip (computed in float64: no overflow)."""
     n0, n1 = arr.shape
     if n0 <= _MAX_CHANNELS and n0 <= n1:
         channel_axis = 0
@@ -187,9 +221,9 @@ def _mix_to_mono(arr, index):
             f"Clip {index} has shape {arr.shape}: cannot tell channels from samples. "
             f"A 2-D clip must have at most {_MAX_CHANNELS} channels on one axis."
         )
-    if arr.dtype.kind in "iu":
-        arr = _pcm_to_float(arr, index)
-    return arr.astype(np.float32, copy=False).mean(axis=channel_axis)
+    if arr.shape[channel_axis] == 1:
+        return arr.reshape(-1)
+    return arr.mean(axis=channel_axis, dtype=np.float64).astype(np.float32)
 
 
 def _pcm_to_float(arr, index):
@@ -208,44 +242,121 @@ def _pcm_to_float(arr, index):
     return (arr.astype(np.float64) / scale).astype(np.float32)
 
 
+# libsndfile's log line for a WAV data chunk whose declared size differs from the bytes
+# present, e.g. "data : 32000 (should be 15978)".
+_WAV_DATA_SIZE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+# Writers that stream a WAV (to a pipe) put a placeholder this large or larger as the
+# data size; such files are read to their end, not reported as truncated.
+_WAV_STREAMING_SIZE = 0x7FFFF000
+
+
 def read_audio_file(path):
-    """Read one audio file as mono float32; return ``(waveform, sampling_rate)``."""
+    """Read one audio file as mono float32; return ``(waveform, sampling_rate)``.
+
+    The format is recognised from the file's content, not its extension. A WAV
+    whose header declares more audio data than the file holds (cut short by an
+    interrupted copy or download) is refused rather than silently read in part.
+    """
     import soundfile as sf
 
+    if os.fspath(path) in ("", b""):
+        raise ValueError("Got an empty string as an audio file path.")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Audio file not found: {str(path)!r}.")
     if path.is_dir():
         raise ValueError(f"Expected an audio file, got a directory: {str(path)!r}.")
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as f:
+            declared = _WAV_DATA_SIZE.search(f.extra_info or "")
+            rate = f.samplerate
+            data = f.read(dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise ValueError(f"Could not read audio file {str(path)!r}: {exc}") from None
+    if declared is not None:
+        size, present = int(declared[1]), int(declared[2])
+        if present < size < _WAV_STREAMING_SIZE:
+            raise ValueError(
+                f"Audio file {str(path)!r} is truncated: its header declares {size} bytes "
+                f"of audio data but only {present} are present (an interrupted copy or "
+                "download?)."
+            )
     if data.shape[0] == 0:
         raise ValueError(f"Audio file {str(path)!r} holds no samples.")
-    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    mono = data.mean(axis=1, dtype=np.float64) if data.shape[1] > 1 else data[:, 0]
     if not np.all(np.isfinite(mono)):
         raise ValueError(f"Audio file {str(path)!r} contains NaN or infinite samples.")
     return np.ascontiguousarray(mono, dtype=np.float32), float(rate)
 
 
-def _resample(clips_with_rates, target_rate):
-    """Resample clips to ``target_rate`` with torchaudio, one kernel per source rate."""
+# torchaudio's sinc kernel holds about (new / g) x (old / g) values, g the rates'
+# greatest common divisor: 8001 Hz -> 16000 Hz would need 0.5 GB and half a minute.
+# Beyond this many values, scipy's polyphase filter (about 20 x max(new, old) / g taps)
+# resamples by the same exact ratio instead.
+_MAX_KERNEL = 1 << 22
+_MAX_POLYPHASE = 1 << 20
+# Rates further apart than this are refused (e.g. sampling_rate=0.5 or 1e9 by mistake).
+_MAX_RATE_RATIO = 1000
+
+
+def _resampler(rate, target_rate, name):
+    """A function resampling a float32 waveform from ``rate`` to ``target_rate``."""
+    import math
+
     import torch
     import torchaudio
 
-    kernels = {}
+    if max(rate / target_rate, target_rate / rate) > _MAX_RATE_RATIO:
+        raise ValueError(
+            f"{name} cannot be resampled from {rate:g} Hz to {target_rate:g} Hz: the rates "
+            f"are more than {_MAX_RATE_RATIO} times apart. Check sampling_rate (the rate "
+            "of in-memory clips, in Hz) or the file's header."
+        )
+    # Integer rates; float rates like 22050.0 are exact, others are rounded to 1 Hz.
+    orig, new = max(1, int(round(rate))), max(1, int(round(target_rate)))
+    g = math.gcd(orig, new)
+    orig, new = orig // g, new // g
+    if orig * new <= _MAX_KERNEL:
+        kernel = torchaudio.transforms.Resample(orig, new)
+
+        def run(wave):
+            with torch.inference_mode():
+                return kernel(torch.from_numpy(wave)).numpy()
+
+        return run
+    if max(orig, new) > _MAX_POLYPHASE:
+        raise ValueError(
+            f"{name} cannot be resampled from {rate:g} Hz to {target_rate:g} Hz: the rates "
+            "have no large common divisor, so the resampling filter would be too large. "
+            "Resample the audio to a standard rate (e.g. 16000 or 44100 Hz) first."
+        )
+    from scipy.signal import resample_poly
+
+    return lambda wave: resample_poly(wave, new, orig).astype(np.float32)
+
+
+def _resample(clips, target_rate):
+    """Resample ``(wave, rate, name)`` clips to ``target_rate``, one filter per rate."""
+    resamplers = {}
     out = []
-    for wave, rate in clips_with_rates:
+    for wave, rate, name in clips:
         if rate == target_rate:
             out.append(wave)
             continue
-        # torchaudio needs integer rates; reduce float rates like 22050.0 exactly.
-        key = (int(round(rate)), int(round(target_rate)))
-        if key not in kernels:
-            kernels[key] = torchaudio.transforms.Resample(*key)
-        with torch.inference_mode():
-            res = kernels[key](torch.from_numpy(wave)).numpy()
+        if rate not in resamplers:
+            resamplers[rate] = _resampler(rate, target_rate, name)
+        res = resamplers[rate](wave)
+        if not np.all(np.isfinite(res)):
+            # Samples near the float32 limit overflow in the filter's sums. The filter
+            # is linear: run it on the clip scaled to unit peak, then scale back.
+            peak = float(np.max(np.abs(wave)))
+            res = resamplers[rate]((wave / peak).astype(np.float32)).astype(np.float64) * peak
+            if np.max(np.abs(res)) > _FLOAT32_MAX:
+                raise ValueError(
+                    f"{name} overflows float32 when resampled from {rate:g} Hz to "
+                    f"{target_rate:g} Hz (peak |sample| {peak:.3g}); audio samples are "
+                    "expected in [-1, 1]: scale it down."
+                )
         if res.size == 0:  # a clip of a few samples can round down to nothing
             res = np.zeros(1, dtype=np.float32)
         out.append(np.ascontiguousarray(res, dtype=np.float32))
@@ -280,9 +391,9 @@ def load_waveforms(X, *, sampling_rate, target_rate):
     with_rates = []
     for i, clip in enumerate(clips):
         if _is_path(clip):
-            with_rates.append(read_audio_file(clip))
+            with_rates.append((*read_audio_file(clip), f"Audio file {os.fspath(clip)!r}"))
         else:
-            with_rates.append((_to_mono_float(clip, i), sampling_rate))
+            with_rates.append((_to_mono_float(clip, i), sampling_rate, f"Clip {i}"))
     return _resample(with_rates, target_rate)
 
 
@@ -313,6 +424,21 @@ def check_targets(n_clips, y):
         raise ValueError(
             f"X and y have inconsistent lengths: {n_clips} clips but {len(y)} labels."
         )
+    if y.dtype.kind == "c":
+        raise ValueError("y has complex labels: Complex data not supported.")
+    if y.dtype == object:
+        for i, label in enumerate(y.tolist()):
+            if isinstance(label, float) and not np.isfinite(label):
+                raise ValueError("y contains NaN or infinite labels.")
+            try:
+                hash(label)
+            except TypeError:
+                raise TypeError(
+                    f"y must hold class labels (strings, numbers, ...), got a "
+                    f"{type(label).__name__} at position {i}."
+                ) from None
+            if isinstance(label, complex):
+                raise ValueError("y has complex labels: Complex data not supported.")
     if y.dtype.kind == "f":
         if not np.all(np.isfinite(y)):
             raise ValueError("y contains NaN or infinite labels.")

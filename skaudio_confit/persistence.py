@@ -162,34 +162,99 @@ def save_estimator(estimator, directory):
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
 
 
+def _check_format_version(version, path):
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(
+            f"{str(path)!r} is not a valid manifest: format_version {version!r} is not a "
+            "positive integer."
+        )
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"Saved model format version {version!r} is not supported by this version of "
+            f"skaudio-confit (reads up to {FORMAT_VERSION}); upgrade the package."
+        )
+
+
+def _file_inside(directory, name, what):
+    """``directory / name`` if ``name`` is a plain file name; refuse anything that could
+    point outside ``directory`` (``../x``, absolute paths, links leading elsewhere)."""
+    if (not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name
+            or "\\" in name):
+        raise ValueError(
+            f"The manifest in {str(directory)!r} names {what} {name!r}, which is not a plain "
+            "name inside that directory; refusing to read it."
+        )
+    path = directory / name
+    if path.exists() and directory.resolve() not in path.resolve().parents:
+        raise ValueError(
+            f"{what.capitalize()} {str(path)!r} leads outside {str(directory)!r}; refusing "
+            "to read it."
+        )
+    return path
+
+
+def _read_manifest(path):
+    """The manifest at ``path`` as a dict, or a ValueError saying why it is not one."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{str(path)!r} is not a valid manifest: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(
+            f"{str(path)!r} is not a valid manifest: expected a JSON object, got "
+            f"{type(manifest).__name__}."
+        )
+    return manifest
+
+
 def load_estimator(cls, directory):
     """Validate and load what :func:`save_estimator` wrote, without unpickling."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
+    from .backbones import SUPPORTED_MODEL_TYPES
+
     directory = Path(directory)
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
         raise FileNotFoundError(f"No saved model in {str(directory)!r}: {MANIFEST} is missing.")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{str(manifest_path)!r} is not a valid manifest: {exc}") from None
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(
-            f"Saved model format version {version!r} is not supported by this version of "
-            f"skaudio-confit (reads up to {FORMAT_VERSION}); upgrade the package."
-        )
+    manifest = _read_manifest(manifest_path)
+    _check_format_version(manifest.get("format_version"), manifest_path)
     if manifest.get("estimator") != cls.__name__:
         raise ValueError(
             f"{str(directory)!r} holds a {manifest.get('estimator')!r}, not a {cls.__name__}."
         )
-    weights = manifest["weights"]
-    weights_path = directory / weights["file"]
+    try:
+        weights, params, fitted = manifest["weights"], manifest["params"], manifest["fitted"]
+        config, do_normalize = manifest["backbone_config"], manifest["do_normalize"]
+        weights_file, sha256 = weights["file"], weights["sha256"]
+        expected = {k: tuple(v) for k, v in weights["tensors"].items()}
+        model_type = config["model_type"]
+        if not (isinstance(params, dict) and isinstance(fitted, dict)):
+            raise TypeError("params and fitted must be JSON objects")
+    except KeyError as exc:
+        raise ValueError(
+            f"{str(manifest_path)!r} is not a valid manifest: no {exc} entry."
+        ) from None
+    except (TypeError, AttributeError):
+        raise ValueError(
+            f"{str(manifest_path)!r} is not a valid manifest: an entry has the wrong type."
+        ) from None
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"{str(manifest_path)!r} names an unsupported backbone type {model_type!r}."
+        )
+    unknown = sorted(set(params) - set(cls._get_param_names()))
+    unknown += sorted(set(fitted) - set(cls._json_fitted_attributes))
+    if unknown:
+        raise ValueError(
+            f"{str(manifest_path)!r} is not a valid manifest for a {cls.__name__}: unknown "
+            f"entries {unknown[:5]}."
+        )
+    weights_path = _file_inside(directory, weights_file, "weight file")
     if not weights_path.is_file():
         raise FileNotFoundError(f"Weight file {str(weights_path)!r} is missing.")
-    if _sha256(weights_path) != weights["sha256"]:
+    if _sha256(weights_path) != sha256:
         raise ValueError(
             f"Weight file {str(weights_path)!r} does not match the sha256 in the manifest: "
             "it was altered or truncated."
@@ -198,24 +263,32 @@ def load_estimator(cls, directory):
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError) as exc:
         raise ValueError(f"Could not read weights {str(weights_path)!r}: {exc}") from None
-    expected = {k: tuple(v) for k, v in weights["tensors"].items()}
     found = {k: tuple(v.shape) for k, v in tensors.items()}
     if expected != found:
         raise ValueError(
-            f"Tensors in {str(weights_path)!r} do not match the manifest "
+            f"The weights in {str(weights_path)!r} do not match the manifest "
             f"(missing: {sorted(set(expected) - set(found))[:5]}, "
+            f"unexpected: {sorted(set(found) - set(expected))[:5]}, "
             f"shape or name differences in {len(set(expected.items()) ^ set(found.items()))})."
         )
-    estimator = cls(**{k: _from_json(v) for k, v in manifest["params"].items()})
-    for name, value in manifest["fitted"].items():
-        setattr(estimator, name, _from_json(value))
+    try:
+        estimator = cls(**{k: _from_json(v) for k, v in params.items()})
+        for name, value in fitted.items():
+            setattr(estimator, name, _from_json(value))
+    except (TypeError, ValueError, KeyError):
+        raise ValueError(
+            f"{str(manifest_path)!r} is not a valid manifest: a saved parameter or fitted "
+            "attribute cannot be read."
+        ) from None
     try:
         estimator.backbone_ = backbone_from_state(
-            {"config": manifest["backbone_config"], "do_normalize": manifest["do_normalize"],
-             "state_dict": tensors}
+            {"config": config, "do_normalize": do_normalize, "state_dict": tensors}
         )
-    except (RuntimeError, KeyError) as exc:
-        raise ValueError(f"Saved weights do not fit the saved backbone config: {exc}") from None
+    except (RuntimeError, KeyError, TypeError, ValueError):
+        raise ValueError(
+            f"Saved weights in {str(directory)!r} do not fit the saved {model_type} backbone "
+            "config: tensor names or shapes differ from what the config describes."
+        ) from None
     return estimator
 
 
@@ -274,24 +347,30 @@ def load_pipeline(directory):
     path = directory / PIPELINE_MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"No saved pipeline in {str(directory)!r}: {PIPELINE_MANIFEST} is missing.")
+    manifest = _read_manifest(path)
+    _check_format_version(manifest.get("format_version"), path)
     try:
-        manifest = json.loads(path.read_text())
-        if manifest.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"format version {manifest['format_version']} is newer than this package reads")
         encoders = {c.__name__: c for c in (PairTuneTransformer, FineTuneClassifier)}
         steps = []
         for spec in manifest["steps"]:
             kind = spec["kind"]
             if kind in encoders:
-                step = encoders[kind].load(directory / spec["directory"])
+                step = encoders[kind].load(
+                    _file_inside(directory, spec["directory"], "step directory")
+                )
             elif kind in _SKLEARN_STEPS:
                 module = importlib.import_module(_SKLEARN_STEPS[kind][0])
                 step = getattr(module, kind)(**{k: _from_json(v) for k, v in spec["params"].items()})
+                unknown = sorted(set(spec["fitted"]) - set(_SKLEARN_STEPS[kind][1]))
+                if unknown:
+                    raise ValueError(
+                        f"{str(path)!r} names unknown fitted attributes {unknown[:5]} for {kind}."
+                    )
                 for attr, value in spec["fitted"].items():
                     setattr(step, attr, _from_json(value))
             else:
-                raise ValueError(f"unknown step kind {kind!r}")
+                raise ValueError(f"{str(path)!r} names an unknown step kind {kind!r}.")
             steps.append((spec["name"], step))
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{str(path)!r} is not a valid pipeline manifest: {exc}") from None
     return Pipeline(steps)

@@ -32,9 +32,14 @@ def _resolve(name_or_path):
     return os.fspath(name_or_path)
 
 
+def _is_local(source):
+    local = Path(source)
+    return local.is_absolute() or source.startswith(".") or local.exists()
+
+
 def _load_error(source, exc):
     local = Path(source)
-    if local.is_absolute() or source.startswith(".") or local.exists():
+    if _is_local(source):
         if not local.exists():
             return FileNotFoundError(
                 f"Could not load backbone from {source!r}: no such local directory."
@@ -44,12 +49,69 @@ def _load_error(source, exc):
             "directory written by transformers' save_pretrained (config.json and weights)."
         )
     return OSError(
-        f"Could not load backbone {source!r}: it is not a local directory and could not "
-        f"be fetched from the Hugging Face hub ({type(exc).__name__}: {exc}). On a machine "
-        "without network access, download it beforehand (e.g. `hf download "
-        f"{source}` or `save_pretrained` to a directory) and pass that directory, or set "
-        "HF_HUB_OFFLINE=1 to use the local cache."
+        f"Could not load backbone {source!r}: it is not a local directory, not (fully) in "
+        f"the local Hugging Face cache, and could not be fetched from the hub "
+        f"({type(exc).__name__}: {exc}). On a machine without network access, download "
+        f"it beforehand on one with access (`hf download {source}`, or "
+        f"`huggingface_hub.snapshot_download({source!r})` into the same HF_HOME cache), "
+        "or save it with `save_pretrained` and pass that directory."
     )
+
+
+class HubUnavailableError(OSError):
+    """A hub id that is neither cached nor downloadable now (the message says what to do)."""
+
+
+def _offline():
+    try:
+        from huggingface_hub import is_offline_mode
+    except ImportError:  # pragma: no cover - older huggingface_hub
+        from huggingface_hub.constants import HF_HUB_OFFLINE
+
+        return bool(HF_HUB_OFFLINE)
+    return is_offline_mode()
+
+
+def _check_hub_reachable(source):
+    """One metadata request, without retries and with a short timeout, before going
+    online: transformers would retry a failing connection for about half a minute.
+
+    Raises the clear OSError of :func:`_load_error` when offline or unreachable;
+    returns when the hub answered (even "no such repository": transformers reports
+    that itself).
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import HfHubHTTPError
+
+    if _offline():
+        raise HubUnavailableError(str(_load_error(source, OSError("HF_HUB_OFFLINE is set"))))
+    try:
+        get_hf_file_metadata(
+            hf_hub_url(source, "config.json"), timeout=min(constants.HF_HUB_ETAG_TIMEOUT, 10)
+        )
+    except HfHubHTTPError:
+        return  # the hub answered (404, 401, ...): transformers reports it
+    except Exception as exc:  # no connection, DNS failure, timeout, proxy error
+        raise HubUnavailableError(str(_load_error(source, exc))) from None
+
+
+def _from_pretrained(loader, source, **kwargs):
+    """``loader(source, **kwargs)``; for a hub id, from the local cache if it is there.
+
+    A cached hub model is used as cached, without network access; only when it is
+    missing from the cache is the hub asked (once, failing fast when unreachable).
+    """
+    if _is_local(source):
+        return loader(source, **kwargs)
+    try:
+        return loader(source, local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        pass
+    from huggingface_hub.utils import validate_repo_id
+
+    validate_repo_id(source)  # a ValueError that names the problem, before any request
+    _check_hub_reachable(source)
+    return loader(source, **kwargs)
 
 
 def load_config(name_or_path=None):
@@ -58,7 +120,9 @@ def load_config(name_or_path=None):
 
     source = _resolve(name_or_path)
     try:
-        config = AutoConfig.from_pretrained(source)
+        config = _from_pretrained(AutoConfig.from_pretrained, source)
+    except HubUnavailableError:
+        raise
     except (OSError, ValueError) as exc:
         raise _load_error(source, exc) from None
     if config.model_type not in SUPPORTED_MODEL_TYPES:
@@ -117,7 +181,8 @@ def _do_normalize(source):
     from transformers import AutoFeatureExtractor
 
     try:
-        return bool(getattr(AutoFeatureExtractor.from_pretrained(source), "do_normalize", True))
+        extractor = _from_pretrained(AutoFeatureExtractor.from_pretrained, source)
+        return bool(getattr(extractor, "do_normalize", True))
     except (OSError, ValueError):
         return True
 
@@ -145,20 +210,25 @@ def load_backbone(name_or_path=None):
         with _quiet_transformers():
             if config.model_type == "whisper":
                 if "WhisperEncoder" in (config.architectures or []):
-                    model, info = WhisperEncoder.from_pretrained(
-                        source, dtype=torch.float32, output_loading_info=True
+                    model, info = _from_pretrained(
+                        WhisperEncoder.from_pretrained, source, dtype=torch.float32,
+                        output_loading_info=True,
                     )
                 else:  # a full Whisper checkpoint: keep the encoder, drop the decoder
-                    full, info = WhisperModel.from_pretrained(
-                        source, dtype=torch.float32, output_loading_info=True
+                    full, info = _from_pretrained(
+                        WhisperModel.from_pretrained, source, dtype=torch.float32,
+                        output_loading_info=True,
                     )
                     model = full.get_encoder()
                 do_normalize = True
             else:
-                model, info = AutoModel.from_pretrained(
-                    source, dtype=torch.float32, output_loading_info=True
+                model, info = _from_pretrained(
+                    AutoModel.from_pretrained, source, dtype=torch.float32,
+                    output_loading_info=True,
                 )
                 do_normalize = _do_normalize(source)
+    except HubUnavailableError:
+        raise
     except (OSError, ValueError) as exc:
         raise _load_error(source, exc) from None
     if info.get("missing_keys"):

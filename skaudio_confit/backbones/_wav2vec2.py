@@ -47,7 +47,7 @@ class Wav2Vec2FamilyBackbone(AudioBackbone):
         values = np.zeros((len(waves), max(lengths)), dtype=np.float32)
         for i, w in enumerate(waves):
             if self.do_normalize:
-                w = (w - w.mean()) / np.sqrt(w.var() + 1e-7)
+                w = _zero_mean_unit_var(w)
             values[i, : len(w)] = w
         return {"input_values": torch.from_numpy(values), "lengths": torch.tensor(lengths)}
 
@@ -69,3 +69,14 @@ class Wav2Vec2FamilyBackbone(AudioBackbone):
             torch.arange(hidden.shape[1], device=hidden.device)[None, :] < frame_lengths[:, None]
         )
         return hidden, frame_mask
+
+
+def _zero_mean_unit_var(wave):
+    """``(w - mean) / sqrt(var + 1e-7)`` as the feature extractor computes it, in float64
+    for clips loud enough (peaks beyond about 1e19) to overflow the float32 variance."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        var = wave.var()
+    if not np.isfinite(var):
+        wave = wave.astype(np.float64)
+        var = wave.var()
+    return ((wave - wave.mean()) / np.sqrt(var + 1e-7)).astype(np.float32)

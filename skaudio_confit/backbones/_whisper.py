@@ -62,15 +62,23 @@ class WhisperEncoderBackbone(AudioBackbone):
         return nn.ModuleList([self.model.conv1, self.model.conv2])
 
     def log_mel(self, wave):
-        """Log-mel spectrogram (n_mels, n_frames) of one waveform, as Whisper computes it."""
-        stft = torch.stft(
-            wave, _N_FFT, _HOP, window=self.window.to(wave.device), return_complex=True
-        )
-        power = stft[..., :-1].abs() ** 2
-        mel = self.mel_filters.to(wave.device) @ power
+        """Log-mel spectrogram (n_mels, n_frames) of one waveform, as Whisper computes it.
+
+        Clips loud enough for the float32 power spectrum to overflow (peaks beyond
+        about 1e17) are computed in float64, so their spectrogram stays finite.
+        """
+        mel = self._mel_power(wave)
+        if not torch.isfinite(mel).all():
+            mel = self._mel_power(wave.double())
         log_spec = torch.clamp(mel, min=1e-10).log10()
         log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
-        return (log_spec + 4.0) / 4.0
+        return ((log_spec + 4.0) / 4.0).to(wave.dtype)
+
+    def _mel_power(self, wave):
+        window = self.window.to(wave.device, wave.dtype)
+        stft = torch.stft(wave, _N_FFT, _HOP, window=window, return_complex=True)
+        power = stft[..., :-1].abs() ** 2
+        return self.mel_filters.to(wave.device, wave.dtype) @ power
 
     def featurize(self, waves):
         with torch.no_grad():
