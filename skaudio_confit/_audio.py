@@ -363,7 +363,7 @@ def _resample(clips, target_rate):
     return out
 
 
-def load_waveforms(X, *, sampling_rate, target_rate):
+def load_waveforms(X, *, sampling_rate, target_rate, first_index=0):
     """Validate ``X`` and return a list of mono float32 waveforms at ``target_rate``.
 
     Parameters
@@ -378,6 +378,9 @@ def load_waveforms(X, *, sampling_rate, target_rate):
         Rate of the in-memory arrays, in Hz.
     target_rate : float
         Rate the backbone expects, in Hz.
+    first_index : int, default=0
+        Index of the first clip in error messages, when ``X`` is one chunk of a
+        longer input.
 
     Returns
     -------
@@ -389,7 +392,7 @@ def load_waveforms(X, *, sampling_rate, target_rate):
     if len(clips) == 0:
         raise ValueError("X is empty: at least one clip is required.")
     with_rates = []
-    for i, clip in enumerate(clips):
+    for i, clip in enumerate(clips, start=first_index):
         if _is_path(clip):
             with_rates.append((*read_audio_file(clip), f"Audio file {os.fspath(clip)!r}"))
         else:

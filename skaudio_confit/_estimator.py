@@ -14,6 +14,11 @@ from ._training import ValidationMonitor, seeds_from, train_encoder
 from .backbones import load_backbone
 
 
+# Clips read and embedded at a time by transform/predict: bounds memory on long inputs
+# while leaving enough clips to batch by similar length.
+_STREAM_CLIPS = 512
+
+
 class AudioEncoderMixin:
     """What every estimator built on a fine-tuned audio encoder shares.
 
@@ -66,12 +71,29 @@ class AudioEncoderMixin:
         return self.backbone_.hidden_size
 
     def _embed(self, X):
-        """Pooled embeddings of ``X`` from the fitted encoder, with a progress bar."""
+        """Pooled embeddings of ``X`` from the fitted encoder, with a progress bar.
+
+        The input is read, resampled and embedded in chunks of ``_STREAM_CLIPS``
+        clips, so memory stays flat however many clips (or files) ``X`` holds.
+        """
+        from tqdm.auto import tqdm
+
         check_is_fitted(self)
         self._check_input_shape(X)
-        waves = self._load_input(X, self.backbone_.sampling_rate)
-        return self._embed_waves(self.backbone_, waves, resolve_device(self.device),
-                                 progress=bool(self.verbose))
+        clips = as_clip_list(X)
+        if len(clips) == 0:
+            raise ValueError("X is empty: at least one clip is required.")
+        device = resolve_device(self.device)
+        rate = self.backbone_.sampling_rate
+        chunks = []
+        with tqdm(total=len(clips), desc="embed", unit="clip", disable=not self.verbose,
+                  leave=False) as bar:
+            for start in range(0, len(clips), _STREAM_CLIPS):
+                waves = load_waveforms(clips[start:start + _STREAM_CLIPS],
+                                       sampling_rate=self.sampling_rate, target_rate=rate,
+                                       first_index=start)
+                chunks.append(self._embed_waves(self.backbone_, waves, device, bar))
+        return np.concatenate(chunks)
 
     def _fit_encoder(self, X, y, *, validation_data, make_objective, batch_plan, score_fn,
                      min_classes, desc):
@@ -143,16 +165,13 @@ class AudioEncoderMixin:
             )
         return waves, np.array([lookup[v] for v in labels.tolist()])
 
-    def _embed_waves(self, backbone, waves, device, progress=False):
-        from tqdm.auto import tqdm
-
+    def _embed_waves(self, backbone, waves, device, progress=None):
         backbone.to(device)
         # Torch threads follow the Dask/loky worker's budget (unchanged elsewhere).
-        with budget_threads(), tqdm(total=len(waves), desc="embed", unit="clip",
-                                    disable=not progress, leave=False) as bar:
+        with budget_threads():
             return embed_waveforms(
                 backbone, waves, layer=self.layer, batch_size=self.batch_size,
-                max_samples=self._window_samples(backbone), device=device, progress=bar,
+                max_samples=self._window_samples(backbone), device=device, progress=progress,
             )
 
     def _split_validation(self, n_clips, codes, rng):

@@ -684,3 +684,16 @@ def test_fsdd_speaker_id_few_shot_beats_the_untuned_encoder():
     # Seen over seeds 0-5: untuned 0.607; tuned 0.88-0.94 (losses 2.96-3.02 -> 1.44-1.76).
     # On 300 clips one standard error of an accuracy is under 0.03.
     assert tuned_acc >= base_acc + 0.15, (base_acc, tuned_acc)
+
+
+def test_transform_streams_in_chunks_with_global_clip_indices(fitted, data, monkeypatch):
+    from skaudio_confit import _estimator
+
+    X, _ = data
+    whole = fitted.transform(X)
+    monkeypatch.setattr(_estimator, "_STREAM_CLIPS", 5)
+    np.testing.assert_allclose(fitted.transform(X), whole, atol=1e-5)
+    bad = list(X)
+    bad[7] = np.full(4000, np.nan, dtype=np.float32)
+    with pytest.raises(ValueError, match="Clip 7 "):
+        fitted.transform(bad)
