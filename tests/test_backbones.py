@@ -633,3 +633,20 @@ def test_resolve_device_nonsense(device):
 def test_resolve_device_cuda_unavailable(device):
     with pytest.raises(ValueError, match="CUDA is not available"):
         resolve_device(device)
+
+
+def test_whisper_batched_featurize_equals_each_clips_own_log_mel(tiny_whisper_encoder_dir):
+    """One batched STFT gives every clip exactly its own spectrogram, zeros beyond."""
+    backbone = load_backbone(tiny_whisper_encoder_dir)
+    rng = np.random.default_rng(0)
+    waves = [(0.1 * rng.standard_normal(n)).astype(np.float32)
+             for n in (400, 401, 1599, 3333, 16000)]
+    waves.append(np.zeros(1000, dtype=np.float32))  # silence: clamp at its own peak
+    batch = backbone.featurize(waves)
+    features, lengths = batch["input_features"], batch["lengths"]
+    for i, wave in enumerate(waves):
+        own = backbone.log_mel(torch.from_numpy(wave))
+        assert int(lengths[i]) == own.shape[1]
+        np.testing.assert_allclose(features[i, :, : own.shape[1]].numpy(), own.numpy(),
+                                   atol=1e-5)
+        assert not features[i, :, own.shape[1]:].any()

@@ -67,27 +67,45 @@ class WhisperEncoderBackbone(AudioBackbone):
         Clips loud enough for the float32 power spectrum to overflow (peaks beyond
         about 1e17) are computed in float64, so their spectrogram stays finite.
         """
-        mel = self._mel_power(wave)
+        mel = self._mel_power(wave)[..., :-1]  # Whisper drops the last STFT frame
         if not torch.isfinite(mel).all():
-            mel = self._mel_power(wave.double())
+            mel = self._mel_power(wave.double())[..., :-1]
         log_spec = torch.clamp(mel, min=1e-10).log10()
         log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
         return ((log_spec + 4.0) / 4.0).to(wave.dtype)
 
-    def _mel_power(self, wave):
+    def _mel_power(self, wave, center=True):
         window = self.window.to(wave.device, wave.dtype)
-        stft = torch.stft(wave, _N_FFT, _HOP, window=window, return_complex=True)
-        power = stft[..., :-1].abs() ** 2
-        return self.mel_filters.to(wave.device, wave.dtype) @ power
+        stft = torch.stft(wave, _N_FFT, _HOP, window=window, center=center,
+                          return_complex=True)
+        return self.mel_filters.to(wave.device, wave.dtype) @ (stft.abs() ** 2)
 
     def featurize(self, waves):
+        """Log-mel features of a batch, each clip's frames exactly its own ``log_mel``.
+
+        One batched STFT instead of one per clip: each clip is reflect-padded by
+        itself (what ``torch.stft(center=True)`` does) before the batch is zero-padded,
+        so no frame of a clip sees another clip's padding; the clamp below each
+        clip's own peak is taken over its real frames only.
+        """
+        pad = _N_FFT // 2
+        lengths = torch.tensor([len(w) // _HOP for w in waves])
+        padded = [np.pad(np.asarray(w, dtype=np.float32), pad, mode="reflect") for w in waves]
+        batch = np.zeros((len(padded), max(len(p) for p in padded)), dtype=np.float32)
+        for i, p in enumerate(padded):
+            batch[i, : len(p)] = p
+        n_frames = int(lengths.max())
         with torch.no_grad():
-            mels = [self.log_mel(torch.from_numpy(np.asarray(w, dtype=np.float32))) for w in waves]
-        lengths = [m.shape[1] for m in mels]
-        features = torch.zeros(len(mels), mels[0].shape[0], max(lengths))
-        for i, m in enumerate(mels):
-            features[i, :, : m.shape[1]] = m
-        return {"input_features": features, "lengths": torch.tensor(lengths)}
+            x = torch.from_numpy(batch)
+            mel = self._mel_power(x, center=False)[..., :n_frames]
+            if not torch.isfinite(mel).all():
+                mel = self._mel_power(x.double(), center=False)[..., :n_frames]
+            log_spec = torch.clamp(mel, min=1e-10).log10()
+            real = (torch.arange(n_frames)[None, :] < lengths[:, None])[:, None, :]
+            peak = log_spec.masked_fill(~real, -torch.inf).amax(dim=(1, 2), keepdim=True)
+            log_spec = torch.maximum(log_spec, peak - 8.0)
+            features = ((log_spec + 4.0) / 4.0).float() * real
+        return {"input_features": features, "lengths": lengths}
 
     def forward(self, batch, layer=-1):
         index = self.check_layer(layer)
