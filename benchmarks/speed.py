@@ -205,8 +205,11 @@ MEMORY_CHILD = """
 import json, sys, threading, time
 sys.path.insert(0, {root!r})
 sys.path.insert(0, {bench!r})
+import torch
 from speed import fsdd_clips
 from skaudio_confit import PairTuneTransformer
+if {threads}:
+    torch.set_num_threads({threads})
 
 def rss_mb():
     with open("/proc/self/statm") as f:
@@ -237,7 +240,8 @@ print(json.dumps({{"clips": {n}, "rss_mb_before": before,
 def memory(args):
     results = []
     for n in args.memory_clips:
-        code = MEMORY_CHILD.format(root=str(ROOT), bench=str(Path(__file__).parent), n=n)
+        code = MEMORY_CHILD.format(root=str(ROOT), bench=str(Path(__file__).parent), n=n,
+                                   threads=args.threads or 0)
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              check=True)
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -260,10 +264,12 @@ def report(results, args, seconds):
         "",
         f"- Date: {results['date']}; total run time {seconds:.0f} s",
         f"- Machine: {results['machine']['platform']}; {results['machine']['cpu']} "
-        f"({results['machine']['cpu_count']} logical CPUs, load average "
+        f"({results['machine']['cpu_count']} logical CPUs, "
+        f"{results['machine']['torch_threads']} torch threads, load average "
         f"{results['machine'].get('load_average_at_start')} at start); torch "
         f"{results['machine']['torch']} on {args.device}",
-        f"- Command: `python benchmarks/speed.py --clips {args.clips} --repeats {args.repeats}`",
+        f"- Command: `python benchmarks/speed.py --clips {args.clips} --repeats {args.repeats}"
+        + (f" --threads {args.threads}" if args.threads else "") + "`",
         "- Data: bundled FSDD clips (real recordings of 0.14-2.3 s, 8 kHz, resampled to "
         "16 kHz); bundled Whisper tiny.en encoder; best of the repeats.",
         "",
@@ -308,8 +314,14 @@ def main(argv=None):
     parser.add_argument("--memory-clips", type=int, nargs="+", default=[500, 3000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for every method (default: torch's)")
     parser.add_argument("--output-dir", type=Path, default=_common.RESULTS_DIR)
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     results = {"date": _common.now(), "machine": _common.machine(args.device),
                "args": vars(args)}

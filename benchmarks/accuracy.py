@@ -1,0 +1,665 @@
+"""Downstream accuracy of contrastive vs cross-entropy fine-tuning: the paper's Table 2.
+
+Question: with the same backbone, epoch budget, learning rate and splits, does a
+linear classifier on PairTune's contrastively tuned embeddings ("PairTune + LR")
+classify held-out clips at least as well as end-to-end cross-entropy fine-tuning
+(FineTune, with its own linear head) and as a linear classifier on the frozen
+pretrained encoder ("Frozen + LR")?
+
+Tasks (all on data available offline):
+
+- ``fsdd-speaker-fewshot``: FSDD speaker identification (6 speakers); train on
+  takes 5-9 (300 clips, 5 per speaker and digit), test on the official test
+  split, takes 0-4 (300 clips).
+- ``fsdd-digit-unseen-speaker``: FSDD digit recognition (10 digits); train on
+  takes 5-9 of five speakers (250 clips), test on all 50 takes of the sixth
+  (500 clips), rotating the held-out speaker. A seed's score is the mean
+  accuracy over the rotations; per-speaker accuracies are in the JSON.
+- ``drums-leave-kits-out``: drum instrument (6 classes) of the Hydrogen drum
+  one-shots in /work/shared/data/drums; ``GroupKFold(4)`` by kit, out-of-fold
+  predictions pooled over the folds, then balanced accuracy, macro-F1 and
+  accuracy, as the data set's README suggests. Every clip is peak-normalised
+  (``--no-peak-normalise`` to keep levels), so that the recorded velocity
+  (loudness) is not a cue for the instrument.
+
+Methods: Frozen + LR (``PairTuneTransformer(epochs=0)``), FineTune
+(``FineTuneClassifier``'s own head) and PairTune + LR (``PairTuneTransformer``).
+"LR" is ``StandardScaler + LogisticRegression(max_iter=2000)`` (C=1) fitted on the
+model's embeddings of the training clips. Two diagnostics are computed on the
+same fits at no extra training cost: FineTune + LR (a fresh linear classifier on
+FineTune's embeddings, separating encoder quality from head quality) and, for
+every LR method, C chosen by an inner cross-validation on the training clips
+only (grid ``--c-grid``; inner folds grouped by speaker or kit where the task
+holds speakers or kits out).
+
+Usage::
+
+    python benchmarks/accuracy.py [--seeds 0 1 2] [--epochs 3] [--tasks ...]
+        [--device cpu|cuda] [--backbone ID] [--learning-rate 5e-5]
+        [--rotations SPEAKER ...] [--pairtune KEY=VALUE ...] [--finetune KEY=VALUE ...]
+    python benchmarks/accuracy.py --render-only [--findings FILE]   # md/png from the JSON
+
+Writes ``benchmarks/results/accuracy.{md,json,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+import _common  # benchmarks/, this script's own folder
+
+TASKS = ("fsdd-speaker-fewshot", "fsdd-digit-unseen-speaker", "drums-leave-kits-out")
+METHODS = ("Frozen + LR", "FineTune", "PairTune + LR")  # the paper's comparison
+DIAGNOSTICS = ("FineTune + LR", "Frozen + LR (CV C)", "FineTune + LR (CV C)",
+               "PairTune + LR (CV C)")
+ALL_METHODS = METHODS + DIAGNOSTICS
+METHOD_KEYS = {"frozen": "Frozen", "finetune": "FineTune", "pairtune": "PairTune"}
+SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
+TRAIN_TAKES = range(5, 10)
+DRUMS_ROOT = Path("/work/shared/data/drums")
+
+
+def key_value(text):
+    """``KEY=VALUE`` with VALUE a Python literal (number, string, None, bool)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        pass  # a bare string
+    return key, value
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="random_state of the fine-tuned models (default: 0 1 2)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--methods", nargs="+", default=list(METHOD_KEYS),
+                        choices=list(METHOD_KEYS),
+                        help="models to fit (default: all three)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                        help="torch device (default: cpu)")
+    parser.add_argument("--backbone", default=None,
+                        help="hub id or local directory (default: bundled Whisper tiny.en)")
+    parser.add_argument("--rotations", nargs="+", default=list(SPEAKERS), choices=SPEAKERS,
+                        help="held-out speakers of fsdd-digit-unseen-speaker (default: all 6)")
+    parser.add_argument("--drums-root", type=Path, default=DRUMS_ROOT)
+    parser.add_argument("--folds", type=int, default=4, help="GroupKFold splits on drums")
+    parser.add_argument("--no-peak-normalise", dest="peak_normalise", action="store_false",
+                        help="keep the drums' recorded levels (default: peak-normalise)")
+    parser.add_argument("--c-grid", type=float, nargs="+", default=[0.01, 0.1, 1.0, 10.0],
+                        help="C values of the inner-CV diagnostic ('CV C')")
+    parser.add_argument("--pairtune", type=key_value, nargs="+", default=[],
+                        metavar="KEY=VALUE", help="extra PairTuneTransformer parameters")
+    parser.add_argument("--finetune", type=key_value, nargs="+", default=[],
+                        metavar="KEY=VALUE", help="extra FineTuneClassifier parameters")
+    parser.add_argument("--max-splits", type=int, default=None,
+                        help="debug/timing: only the first N splits of each task "
+                             "(drums metrics then cover only those folds)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's own choice)")
+    parser.add_argument("--output-dir", type=Path, default=_common.RESULTS_DIR)
+    parser.add_argument("--name", default="accuracy", help="output file stem")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite the .md and .png from the existing .json")
+    parser.add_argument("--findings", type=Path, default=None,
+                        help="markdown file whose text becomes the Findings section "
+                             "(stored in the JSON)")
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------- tasks and data
+
+
+def peak_normalise(wave):
+    peak = float(np.max(np.abs(wave))) if len(wave) else 0.0
+    return (wave / peak).astype(np.float32) if peak > 0 else wave
+
+
+def load_task(name, args):
+    """Clips, labels, rate, the outer splits and the inner-CV groups of one task.
+
+    Returns a dict with ``X`` (list of waveforms), ``y``, ``rate``, ``splits`` (list
+    of ``(split_name, train_idx, test_idx)``), ``inner_groups`` (array or None) and
+    ``description``.
+    """
+    if name.startswith("fsdd"):
+        from skaudio_confit.datasets import load_spoken_digits
+
+        target = "speaker" if name == "fsdd-speaker-fewshot" else "digit"
+        bunch = load_spoken_digits(target=target)
+        take = bunch.frame["take"].to_numpy()
+        speaker = bunch.frame["speaker"].to_numpy().astype(str)
+        train_take = np.isin(take, list(TRAIN_TAKES))
+        if name == "fsdd-speaker-fewshot":
+            splits = [("official", np.flatnonzero(train_take),
+                       np.flatnonzero(bunch.split == "test"))]
+            inner_groups = None  # stratified folds over the training clips
+            description = {
+                "data": "Free Spoken Digit Dataset (bundled, 8 kHz)",
+                "target": "speaker (6 classes)",
+                "train": "takes 5-9, 300 clips (5 per speaker and digit)",
+                "test": "official test split, takes 0-4, 300 clips",
+            }
+        else:
+            splits = [(s, np.flatnonzero(train_take & (speaker != s)),
+                       np.flatnonzero(speaker == s)) for s in args.rotations]
+            inner_groups = speaker  # inner CV also holds speakers out
+            description = {
+                "data": "Free Spoken Digit Dataset (bundled, 8 kHz)",
+                "target": "digit (10 classes)",
+                "train": "takes 5-9 of the 5 other speakers, 250 clips",
+                "test": "all 50 takes of the held-out speaker, 500 clips",
+                "rotations": list(args.rotations),
+            }
+        X, y, rate = bunch.data, np.asarray(bunch.target), bunch.sampling_rate
+    else:
+        from sklearn.model_selection import GroupKFold
+
+        from skaudio_confit.datasets import load_audio_folder
+
+        bunch = load_audio_folder(args.drums_root, group_column="kit")
+        X = [peak_normalise(w) for w in bunch.data] if args.peak_normalise else bunch.data
+        y, rate, kits = np.asarray(bunch.target), bunch.sampling_rate, bunch.groups
+        folds = GroupKFold(n_splits=args.folds).split(np.zeros(len(y)), y, groups=kits)
+        splits = [(f"fold{i}", tr, te) for i, (tr, te) in enumerate(folds)]
+        inner_groups = kits
+        description = {
+            "data": f"Hydrogen drum one-shots ({args.drums_root}, {rate} Hz)",
+            "target": "instrument (6 classes: kick, snare, hihat, tom, cymbal, clap)",
+            "train": f"GroupKFold({args.folds}) by kit (12 kits), ~3/4 of 463 clips per fold",
+            "test": "the held-out kits of each fold; out-of-fold predictions pooled",
+            "peak_normalised": bool(args.peak_normalise),
+            "folds": [{"name": n, "test_kits": sorted(set(kits[te].tolist())),
+                       "n_train": len(tr), "n_test": len(te)} for n, tr, te in splits],
+        }
+    if args.max_splits is not None:
+        splits = splits[: args.max_splits]
+    return {"X": X, "y": y, "rate": rate, "splits": splits,
+            "inner_groups": inner_groups, "description": description}
+
+
+# ------------------------------------------------------------------- models
+
+
+def make_model(kind, args, seed, rate, epochs=None):
+    from skaudio_confit import FineTuneClassifier, PairTuneTransformer
+
+    common = {"backbone": args.backbone, "sampling_rate": rate, "device": args.device,
+              "random_state": seed, "verbose": 0}
+    if kind == "frozen":
+        return PairTuneTransformer(epochs=0, **common)
+    if kind == "finetune":
+        return FineTuneClassifier(epochs=args.epochs, learning_rate=args.learning_rate,
+                                  **{**common, **dict(args.finetune)})
+    return PairTuneTransformer(epochs=args.epochs, learning_rate=args.learning_rate,
+                               **{**common, **dict(args.pairtune)})
+
+
+def linear_probe():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+
+
+def probe_predictions(E_train, y_train, E_test, c_grid, inner_groups):
+    """Predictions of the linear probe at C=1 and with C chosen by inner CV."""
+    from sklearn.model_selection import (GridSearchCV, LeaveOneGroupOut, GroupKFold,
+                                         StratifiedKFold)
+
+    fixed = linear_probe().fit(E_train, y_train).predict(E_test)
+    if inner_groups is None:
+        cv, groups = StratifiedKFold(n_splits=3, shuffle=True, random_state=0), None
+    else:
+        groups = inner_groups
+        n_groups = len(np.unique(groups))
+        cv = LeaveOneGroupOut() if n_groups <= 5 else GroupKFold(n_splits=3)
+    search = GridSearchCV(linear_probe(), {"logisticregression__C": list(c_grid)}, cv=cv,
+                          scoring="balanced_accuracy", n_jobs=1, error_score=np.nan)
+    import warnings
+
+    with warnings.catch_warnings():  # folds of grouped CV may lack a class
+        warnings.simplefilter("ignore")
+        search.fit(E_train, y_train, groups=groups)
+    best_c = float(search.best_params_["logisticregression__C"])
+    return fixed, search.predict(E_test), best_c
+
+
+def run_split(kind, task, split, args, seed, frozen_embeddings=None):
+    """Fit one model on one split; predictions of each method it yields, and timings."""
+    _, train_idx, test_idx = split
+    X, y = task["X"], task["y"]
+    pick = lambda idx: [X[i] for i in idx]
+    y_train = y[train_idx]
+    inner = None if task["inner_groups"] is None else task["inner_groups"][train_idx]
+    out, info = {}, {}
+    if kind == "frozen":
+        E_train, E_test = frozen_embeddings[train_idx], frozen_embeddings[test_idx]
+    else:
+        model = make_model(kind, args, seed, task["rate"])
+        start = time.perf_counter()
+        model.fit(pick(train_idx), y_train)
+        info["fit_seconds"] = time.perf_counter() - start
+        start = time.perf_counter()
+        E_train, E_test = model.transform(pick(train_idx)), model.transform(pick(test_idx))
+        info["embed_seconds"] = time.perf_counter() - start
+        info["final_loss"] = model.history_[-1]["loss"] if model.history_ else None
+        if kind == "finetune":
+            logits = E_test @ model.coef_.T + model.intercept_
+            out["FineTune"] = model.classes_[logits.argmax(axis=1)]
+            info["final_train_accuracy"] = model.history_[-1].get("train_accuracy")
+    start = time.perf_counter()
+    fixed, tuned, best_c = probe_predictions(E_train, y_train, E_test, args.c_grid, inner)
+    info["probe_seconds"] = time.perf_counter() - start
+    label = METHOD_KEYS[kind]
+    out[f"{label} + LR"], out[f"{label} + LR (CV C)"] = fixed, tuned
+    info[f"{label} + LR (CV C) best C"] = best_c
+    return out, info
+
+
+def frozen_embeddings_of(task, args):
+    """The pretrained encoder's embeddings of every clip used by the task (seed-free)."""
+    used = np.unique(np.concatenate([np.concatenate([tr, te]) for _, tr, te in task["splits"]]))
+    model = make_model("frozen", args, 0, task["rate"])
+    classes = np.unique(task["y"][used])
+    first = [int(np.flatnonzero(task["y"][used] == c)[0]) for c in classes[:2]]
+    model.fit([task["X"][used[i]] for i in first], task["y"][used[first]])  # loads only
+    start = time.perf_counter()
+    E = np.zeros((len(task["X"]), model.backbone_.hidden_size), dtype=np.float32)
+    E[used] = model.transform([task["X"][i] for i in used])
+    return E, time.perf_counter() - start, len(used)
+
+
+# ----------------------------------------------------------------- scoring
+
+
+def score_task(name, y, predictions, splits):
+    """Per-seed metrics of one method from its test predictions on every split.
+
+    ``predictions``: split name -> predicted labels of that split's test clips.
+    """
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+    if name == "fsdd-speaker-fewshot":
+        (split, _, test_idx), = splits
+        return {"accuracy": accuracy_score(y[test_idx], predictions[split])}
+    if name == "fsdd-digit-unseen-speaker":
+        per = {s: accuracy_score(y[te], predictions[s]) for s, _, te in splits}
+        return {"accuracy": float(np.mean(list(per.values()))), "per_speaker": per}
+    true = np.concatenate([y[te] for _, _, te in splits])
+    pred = np.concatenate([predictions[s] for s, _, _ in splits])
+    labels = np.unique(y)
+    from sklearn.metrics import confusion_matrix
+
+    return {
+        "balanced_accuracy": balanced_accuracy_score(true, pred),
+        "macro_f1": f1_score(true, pred, average="macro", labels=labels, zero_division=0),
+        "accuracy": accuracy_score(true, pred),
+        "confusion_labels": labels.tolist(),
+        "confusion": confusion_matrix(true, pred, labels=labels).tolist(),
+    }
+
+
+def primary_metric(task):
+    return "balanced_accuracy" if task.startswith("drums") else "accuracy"
+
+
+def task_metrics(task):
+    if task.startswith("drums"):
+        return ("balanced_accuracy", "macro_f1", "accuracy")
+    return ("accuracy",)
+
+
+def summarise(per_seed, metrics):
+    out = {}
+    for m in metrics:
+        values = np.array([r[m] for r in per_seed], dtype=float)
+        out[m] = {"mean": float(values.mean()),
+                  "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+    return out
+
+
+# ------------------------------------------------------------------ reporting
+
+
+def fmt(stats, digits=3):
+    if stats is None:
+        return "n/a"
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+
+def goal_check(report):
+    """Per task: does PairTune + LR match or beat FineTune and Frozen + LR (means)?"""
+    rows = []
+    for task, res in report["results"].items():
+        metric = primary_metric(task)
+        get = lambda m: res.get(m, {}).get("summary", {}).get(metric)
+        p, f, z = get("PairTune + LR"), get("FineTune"), get("Frozen + LR")
+        if p is None:
+            continue
+        rows.append({
+            "task": task, "metric": metric, "pairtune": p["mean"],
+            "vs_finetune": None if f is None else p["mean"] - f["mean"],
+            "vs_frozen": None if z is None else p["mean"] - z["mean"],
+            "met": all(x is None or p["mean"] >= x["mean"] for x in (f, z)),
+        })
+    return rows
+
+
+def plot(report, path):
+    from matplotlib.figure import Figure
+
+    tasks = list(report["results"])
+    methods = [m for m in METHODS + ("FineTune + LR",)
+               if any(m in report["results"][t] for t in tasks)]
+    colours = {"Frozen + LR": "#9e9e9e", "FineTune": "#d95f02", "PairTune + LR": "#1b9e77",
+               "FineTune + LR": "#f4a582"}
+    fig = Figure(figsize=(3.3 * len(tasks) + 2.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(methods)
+    lows = []
+    for j, m in enumerate(methods):
+        means, stds = [], []
+        for t in tasks:
+            s = report["results"][t].get(m, {}).get("summary", {}).get(primary_metric(t))
+            means.append(np.nan if s is None else s["mean"])
+            stds.append(0.0 if s is None else s["std"])
+        x = np.arange(len(tasks)) + (j - (len(methods) - 1) / 2) * width
+        hatch = "//" if m == "FineTune + LR" else None
+        bars = ax.bar(x, means, width, yerr=stds, capsize=3, color=colours[m],
+                      label=m + (" (diagnostic)" if m == "FineTune + LR" else ""),
+                      hatch=hatch, edgecolor="white" if hatch is None else "#7f3b08")
+        for b, v, e in zip(bars, means, stds):
+            if np.isfinite(v):
+                ax.text(b.get_x() + b.get_width() / 2, v + e + 0.006, f"{v:.3f}", ha="center",
+                        va="bottom", fontsize=7.5, rotation=90)
+        lows += [v - s for v, s in zip(means, stds) if np.isfinite(v)]
+    ax.set_xticks(np.arange(len(tasks)))
+    ax.set_xticklabels([f"{t}\n({primary_metric(t).replace('_', ' ')})" for t in tasks])
+    ax.set_ylim(max(0.0, min(lows) - 0.08), 1.07)
+    ax.set_ylabel("test score (mean ± std over seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    ax.set_title(f"Held-out accuracy, {report['backbone']}, {report['epochs']} epochs, "
+                 f"lr {report['learning_rate']:g}, seeds {report['seeds']}", fontsize=9)
+    fig.savefig(path, dpi=110)
+
+
+def code_line(code):
+    if not code:
+        return "Code: not recorded"
+    text = f"Code: git commit {code.get('commit') or 'unknown'}"
+    if code.get("package_uncommitted_changes"):
+        text += " plus uncommitted changes to the package"
+    return text + f"; package sources sha256 {code['package_sha256'][:12]}"
+
+
+def markdown(report):
+    m, d = report["machine"], report
+    gpu = f" ({m['gpu']})" if "gpu" in m else ""
+    load_end = report.get("load_average_at_end")
+    bullets = [
+        f"Date: {d['date']}; total run time {d['total_seconds']:.0f} s "
+        f"({d['total_seconds'] / 60:.1f} min)",
+        (f"Machine: {m['platform']}; {m['cpu']} ({m['cpu_count']} logical CPUs, "
+         f"{m['torch_threads']} torch threads; load average {m.get('load_average_at_start')} "
+         f"at start, {load_end} at end — the CPU was shared, so times are "
+         f"upper bounds); torch {m['torch']} on {d['device']}{gpu}"),
+        f"Command: `{d['command']}`",
+        code_line(d.get("code")),
+        (f"Backbone: {d['backbone']}. FineTune and PairTune: {d['epochs']} epochs, "
+         f"learning rate {d['learning_rate']:g}, other parameters at their defaults"
+         + (f" except PairTune {d['pairtune_params']}" if d["pairtune_params"] else "")
+         + (f" and FineTune {d['finetune_params']}" if d["finetune_params"] else "")
+         + f"; seeds {d['seeds']}. Frozen: `PairTuneTransformer(epochs=0)`, seed-free "
+         "(its spread is 0)."),
+        ("LR = `StandardScaler + LogisticRegression(max_iter=2000)`, C=1, fitted on the "
+         "model's embeddings of the training clips. FineTune is scored by its own "
+         "jointly trained linear head."),
+    ]
+    if d.get("max_splits"):
+        bullets.append(f"**Partial run**: only the first {d['max_splits']} split(s) per task.")
+    lines = ["# Downstream accuracy: contrastive vs cross-entropy fine-tuning "
+             "(Table 2 analogue)", ""]
+    lines += [f"- {b}" for b in bullets]
+    lines += ["", "## Tasks", ""]
+    for task, res in d["results"].items():
+        desc = d["tasks"][task]
+        extra = ""
+        if "rotations" in desc:
+            extra = f"; held-out speakers {', '.join(desc['rotations'])} (mean over them per seed)"
+        if "peak_normalised" in desc:
+            extra = (f"; clips {'peak-normalised' if desc['peak_normalised'] else 'at recorded level'}"
+                     "; balanced accuracy, macro-F1 and accuracy of the out-of-fold "
+                     "predictions pooled over the folds")
+        lines.append(f"- `{task}`: {desc['data']}, {desc['target']}; train {desc['train']}; "
+                     f"test {desc['test']}{extra}.")
+    lines += ["", "## Results (mean ± std over seeds)", ""]
+    header = ["Task", "Metric"] + list(METHODS)
+    rows = []
+    for task, res in d["results"].items():
+        for metric in task_metrics(task):
+            cells = []
+            best = max((res[mm]["summary"][metric]["mean"] for mm in METHODS if mm in res),
+                       default=None)
+            for mm in METHODS:
+                s = res.get(mm, {}).get("summary", {}).get(metric)
+                c = fmt(s)
+                if s is not None and best is not None and s["mean"] >= best - 1e-12:
+                    c = f"**{c}**"
+                cells.append(c)
+            rows.append([task, metric.replace("_", " ")] + cells)
+    lines += [_common.markdown_table(header, rows, align=["l", "l", "r", "r", "r"]), ""]
+
+    lines += ["### Diagnostics (same fits)", "",
+              "FineTune + LR refits a linear classifier on FineTune's embeddings; "
+              "(CV C) picks C from "
+              f"{d['c_grid']} by inner cross-validation on the training clips "
+              "(balanced accuracy; folds by speaker on the unseen-speaker task, by kit on "
+              "drums, stratified 3-fold on the speaker task).", ""]
+    header = ["Task", "Metric"] + list(DIAGNOSTICS)
+    rows = []
+    for task, res in d["results"].items():
+        metric = primary_metric(task)
+        rows.append([task, metric.replace("_", " ")]
+                    + [fmt(res.get(mm, {}).get("summary", {}).get(metric)) for mm in DIAGNOSTICS])
+    lines += [_common.markdown_table(header, rows, align=["l", "l"] + ["r"] * len(DIAGNOSTICS)),
+              ""]
+
+    lines += ["### Per seed", ""]
+    header = ["Task", "Method"] + [f"seed {s}" for s in d["seeds"]]
+    rows = []
+    for task, res in d["results"].items():
+        metric = primary_metric(task)
+        for mm in ALL_METHODS:
+            if mm in res:
+                rows.append([task, mm] + [f"{r[metric]:.3f}" for r in res[mm]["per_seed"]])
+    lines += [_common.markdown_table(header, rows, align=["l", "l"] + ["r"] * len(d["seeds"])), ""]
+
+    per_speaker = d["results"].get("fsdd-digit-unseen-speaker")
+    if per_speaker:
+        lines += ["### fsdd-digit-unseen-speaker by held-out speaker (mean over seeds)", ""]
+        speakers = d["tasks"]["fsdd-digit-unseen-speaker"]["rotations"]
+        rows = []
+        for mm in ALL_METHODS:
+            if mm in per_speaker:
+                ps = per_speaker[mm]["per_seed"]
+                rows.append([mm] + [f"{np.mean([r['per_speaker'][s] for r in ps]):.3f}"
+                                    for s in speakers])
+        lines += [_common.markdown_table(["Method"] + list(speakers), rows), ""]
+
+    drums = d["results"].get("drums-leave-kits-out")
+    if drums:
+        lines += ["### drums-leave-kits-out confusion matrices (first seed, rows = true)", ""]
+        for mm in METHODS:
+            if mm in drums:
+                r = drums[mm]["per_seed"][0]
+                labs = r["confusion_labels"]
+                rows = [[labs[i]] + list(map(str, row)) for i, row in enumerate(r["confusion"])]
+                lines += [f"{mm}:", "", _common.markdown_table(["true \\ predicted"] + labs, rows),
+                          ""]
+
+    lines += ["### Fit time (seconds per fit, mean over seeds and splits)", ""]
+    rows = []
+    for task, res in d["results"].items():
+        t = d["timing"].get(task, {})
+        rows.append([task] + [f"{t[k]:.0f}" if t.get(k) is not None else "n/a"
+                              for k in ("FineTune", "PairTune", "frozen_embed")])
+    lines += [_common.markdown_table(["Task", "FineTune fit", "PairTune fit",
+                                      "Frozen: embed all clips"], rows), ""]
+
+    lines += ["## Goal check: PairTune + LR >= FineTune and >= Frozen + LR", ""]
+    rows = []
+    for g in goal_check(d):
+        vf = "n/a" if g["vs_finetune"] is None else f"{g['vs_finetune']:+.3f}"
+        vz = "n/a" if g["vs_frozen"] is None else f"{g['vs_frozen']:+.3f}"
+        rows.append([g["task"], g["metric"].replace("_", " "), vf, vz,
+                     "yes" if g["met"] else "**no**"])
+    lines += [_common.markdown_table(["Task", "Metric", "PairTune − FineTune",
+                                      "PairTune − Frozen", "Goal met (means)"], rows,
+                                     align=["l", "l", "r", "r", "l"]), ""]
+    lines += ["Differences are of seed means; with 3 seeds a gap smaller than the std is "
+              "not a real difference.", ""]
+    if d.get("findings"):
+        lines += ["## Findings", "", d["findings"].strip(), ""]
+    lines += [f"![accuracy bar chart]({d['figure']})", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------- main
+
+
+def run(args, argv):
+    started = time.perf_counter()
+    code = _common.code_state()
+    _common.set_threads(args.threads)
+    report = {
+        "benchmark": "accuracy",
+        "question": "Does a linear classifier on PairTune's embeddings match or beat "
+                    "FineTune and a linear classifier on the frozen encoder?",
+        "date": _common.now(),
+        "command": " ".join(["python", "benchmarks/accuracy.py",
+                             *(sys.argv[1:] if argv is None else argv)]),
+        "machine": _common.machine(args.device),
+        "code": code,
+        "device": args.device,
+        "seeds": args.seeds,
+        "backbone": args.backbone or "bundled Whisper tiny.en encoder",
+        "epochs": args.epochs,
+        "learning_rate": args.learning_rate,
+        "pairtune_params": dict(args.pairtune),
+        "finetune_params": dict(args.finetune),
+        "c_grid": args.c_grid,
+        "max_splits": args.max_splits,
+        "methods": {"Frozen + LR": "PairTuneTransformer(epochs=0) + StandardScaler + "
+                                   "LogisticRegression(max_iter=2000)",
+                    "FineTune": "FineTuneClassifier, its own linear head",
+                    "PairTune + LR": "PairTuneTransformer + StandardScaler + "
+                                     "LogisticRegression(max_iter=2000)",
+                    "FineTune + LR": "FineTuneClassifier.transform + StandardScaler + "
+                                     "LogisticRegression(max_iter=2000)",
+                    "... (CV C)": "C from c_grid by inner CV on the training clips"},
+        "tasks": {}, "results": {}, "timing": {}, "fits": [],
+    }
+    for name in args.tasks:
+        task = load_task(name, args)
+        report["tasks"][name] = task["description"]
+        print(f"{name}: {len(task['splits'])} split(s), {len(task['X'])} clips loaded",
+              flush=True)
+        preds = {}  # method -> seed -> split -> predictions
+        timing = {"FineTune": [], "PairTune": []}
+        if "frozen" in args.methods:
+            E, seconds, n_used = frozen_embeddings_of(task, args)
+            timing["frozen_embed"] = seconds
+            print(f"  frozen: embedded {n_used} clips in {seconds:.0f} s", flush=True)
+            frozen = {}
+            for split in task["splits"]:
+                out, info = run_split("frozen", task, split, args, None, E)
+                frozen[split[0]] = out
+                report["fits"].append({"task": name, "model": "Frozen", "seed": None,
+                                       "split": split[0], **info})
+            for seed in args.seeds:  # seed-free: the same predictions for every seed
+                for split in task["splits"]:
+                    for method, p in frozen[split[0]].items():
+                        preds.setdefault(method, {}).setdefault(seed, {})[split[0]] = p
+        for seed in args.seeds:
+            for split in task["splits"]:
+                for kind in ("finetune", "pairtune"):
+                    if kind not in args.methods:
+                        continue
+                    out, info = run_split(kind, task, split, args, seed)
+                    for method, p in out.items():
+                        preds.setdefault(method, {}).setdefault(seed, {})[split[0]] = p
+                    label = METHOD_KEYS[kind]
+                    timing[label].append(info["fit_seconds"])
+                    report["fits"].append({"task": name, "model": label, "seed": seed,
+                                           "split": split[0], **info})
+                    te = split[2]
+                    accs = ", ".join(f"{m} {np.mean(p == task['y'][te]):.3f}"
+                                     for m, p in out.items())
+                    print(f"  seed {seed} {split[0]:>9} {label:>8}: {accs} (fit "
+                          f"{info['fit_seconds']:.0f} s, embed {info['embed_seconds']:.0f} s,"
+                          f" probes {info['probe_seconds']:.0f} s; "
+                          f"{(time.perf_counter() - started) / 60:.1f} min so far)", flush=True)
+        results = {}
+        for method in ALL_METHODS:
+            if method not in preds:
+                continue
+            per_seed = [{"seed": seed, **score_task(name, task["y"], preds[method][seed],
+                                                   task["splits"])}
+                        for seed in args.seeds]
+            results[method] = {"summary": summarise(per_seed, task_metrics(name)),
+                               "per_seed": per_seed}
+        report["results"][name] = results
+        report["timing"][name] = {
+            "FineTune": float(np.mean(timing["FineTune"])) if timing["FineTune"] else None,
+            "PairTune": float(np.mean(timing["PairTune"])) if timing["PairTune"] else None,
+            "frozen_embed": timing.get("frozen_embed"),
+        }
+        for method, r in results.items():
+            print(f"  {name} {method:>22}: " + ", ".join(
+                f"{k} {fmt(v)}" for k, v in r["summary"].items()), flush=True)
+    report["total_seconds"] = time.perf_counter() - started
+    import os
+
+    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return report
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    json_path = args.output_dir / f"{args.name}.json"
+    if args.render_only:
+        report = json.loads(json_path.read_text(encoding="utf-8"))
+    else:
+        report = run(args, argv)
+    if args.findings is not None:
+        report["findings"] = args.findings.read_text(encoding="utf-8")
+    report["figure"] = f"{args.name}.png"
+    report["goal_check"] = goal_check(report)
+    _common.write_json(json_path, report)
+    plot(report, args.output_dir / report["figure"])
+    _common.write_text(args.output_dir / f"{args.name}.md", markdown(report))
+    print(f"wrote {args.output_dir}/{args.name}.{{md,json,png}}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
