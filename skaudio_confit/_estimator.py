@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from numbers import Integral, Real
+
 import numpy as np
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from ._audio import as_clip_list, check_targets, load_waveforms, max_samples
@@ -13,6 +17,23 @@ from ._threads import budget_threads
 from ._training import ValidationMonitor, seeds_from, train_encoder
 from .backbones import load_backbone
 
+# Parameters both estimators share, validated alike (scikit-learn's constraints).
+ENCODER_PARAMETER_CONSTRAINTS = {
+    "backbone": [None, str, os.PathLike],
+    "sampling_rate": [Interval(Real, 0, None, closed="neither")],
+    "max_duration": [Interval(Real, 0, None, closed="neither"), None],
+    "epochs": [Interval(Integral, 0, None, closed="left")],
+    "learning_rate": [Interval(Real, 0, None, closed="neither")],
+    "weight_decay": [Interval(Real, 0, None, closed="left")],
+    "layer": [Integral],
+    "freeze_feature_encoder": ["boolean"],
+    "gradient_checkpointing": ["boolean"],
+    "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
+    "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
+    "device": [str],
+    "random_state": ["random_state"],
+    "verbose": ["verbose"],
+}
 
 # Clips read and embedded at a time by transform/predict: bounds memory on long inputs
 # while leaving enough clips to batch by similar length.

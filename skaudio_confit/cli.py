@@ -179,7 +179,12 @@ def _predict(args):
 
 
 def _evaluate(args):
-    from sklearn.model_selection import GroupKFold, PredefinedSplit, StratifiedKFold, cross_val_score
+    from sklearn.model_selection import (
+        GroupKFold,
+        PredefinedSplit,
+        StratifiedKFold,
+        cross_val_score,
+    )
 
     from . import FineTuneClassifier
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from numbers import Integral, Real
 
 import numpy as np
@@ -15,7 +14,7 @@ from sklearn.base import (
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from ._estimator import AudioEncoderMixin
+from ._estimator import ENCODER_PARAMETER_CONSTRAINTS, AudioEncoderMixin
 from ._objectives import CrossEntropyObjective
 from ._training import shuffled_batches
 from .persistence import EncoderPersistenceMixin
@@ -107,22 +106,9 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
     _json_fitted_attributes = ("classes_", "history_", "n_features_in_", "coef_", "intercept_")
 
     _parameter_constraints = {
-        "backbone": [None, str, os.PathLike],
-        "sampling_rate": [Interval(Real, 0, None, closed="neither")],
-        "max_duration": [Interval(Real, 0, None, closed="neither"), None],
-        "epochs": [Interval(Integral, 0, None, closed="left")],
+        **ENCODER_PARAMETER_CONSTRAINTS,
         "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "head_learning_rate": [Interval(Real, 0, None, closed="neither"), None],
-        "weight_decay": [Interval(Real, 0, None, closed="left")],
-        "layer": [Integral],
-        "freeze_feature_encoder": ["boolean"],
-        "gradient_checkpointing": ["boolean"],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
-        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
-        "device": [str],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
     }
 
     def __init__(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from numbers import Integral, Real
 
 from sklearn.base import (
@@ -12,7 +11,11 @@ from sklearn.base import (
 )
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._estimator import AudioEncoderMixin, nearest_centroid_accuracy
+from ._estimator import (
+    ENCODER_PARAMETER_CONSTRAINTS,
+    AudioEncoderMixin,
+    nearest_centroid_accuracy,
+)
 from ._objectives import MINING_OPTIONS, SupConObjective
 from ._sampling import class_balanced_batches
 from .persistence import EncoderPersistenceMixin
@@ -116,26 +119,13 @@ class PairTuneTransformer(
     """
 
     _parameter_constraints = {
-        "backbone": [None, str, os.PathLike],
-        "sampling_rate": [Interval(Real, 0, None, closed="neither")],
-        "max_duration": [Interval(Real, 0, None, closed="neither"), None],
-        "epochs": [Interval(Integral, 0, None, closed="left")],
+        **ENCODER_PARAMETER_CONSTRAINTS,
         "batch_size": [Interval(Integral, 2, None, closed="left")],
         "samples_per_class": [Interval(Integral, 2, None, closed="left")],
-        "learning_rate": [Interval(Real, 0, None, closed="neither")],
-        "weight_decay": [Interval(Real, 0, None, closed="left")],
         "temperature": [Interval(Real, 0, None, closed="neither")],
         "projection_dim": [Interval(Integral, 1, None, closed="left")],
         "mining": [StrOptions(set(MINING_OPTIONS))],
         "mining_margin": [Interval(Real, 0, None, closed="left")],
-        "layer": [Integral],
-        "freeze_feature_encoder": ["boolean"],
-        "gradient_checkpointing": ["boolean"],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
-        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
-        "device": [str],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
     }
 
     def __init__(
