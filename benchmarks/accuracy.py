@@ -116,6 +116,10 @@ def parse_args(argv=None):
     parser.add_argument("--name", default="accuracy", help="output file stem")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite the .md and .png from the existing .json")
+    parser.add_argument("--variants", type=Path, nargs="+", default=None,
+                        help="JSON results of exploratory runs of this script (e.g. other "
+                             "--pairtune settings) whose summaries are copied into this "
+                             "report's 'Variants' table")
     parser.add_argument("--findings", type=Path, default=None,
                         help="markdown file whose text becomes the Findings section "
                              "(stored in the JSON)")
@@ -362,6 +366,64 @@ def goal_check(report):
     return rows
 
 
+def variant_summary(path):
+    """The settings and per-task summaries of another run of this script."""
+    other = json.loads(Path(path).read_text(encoding="utf-8"))
+    results = {}
+    for task, res in other["results"].items():
+        metric = primary_metric(task)
+        results[task] = {m: {"metric": metric, **r["summary"][metric],
+                             "per_seed": [x[metric] for x in r["per_seed"]]}
+                         for m, r in res.items() if "(CV C)" not in m}
+    return {"name": Path(path).stem, "command": other["command"], "date": other["date"],
+            "epochs": other["epochs"], "learning_rate": other["learning_rate"],
+            "pairtune_params": other["pairtune_params"],
+            "finetune_params": other["finetune_params"], "seeds": other["seeds"],
+            "total_seconds": other["total_seconds"], "results": results}
+
+
+def variants_markdown(report):
+    """Table: the main run's rows and each variant's, primary metric per task."""
+    tasks = list(TASKS)
+    header = ["Run", "Method", "Epochs", "lr", "Other"] + tasks
+    rows = []
+
+    def cells(results, method):
+        out = []
+        for t in tasks:
+            r = results.get(t, {}).get(method)
+            if r is None:
+                out.append("")
+                continue
+            seeds = ", ".join(f"{v:.3f}" for v in r["per_seed"])
+            out.append(f"{r['mean']:.3f} ± {r['std']:.3f} ({seeds})")
+        return out
+
+    main = {t: {m: {**res[m]["summary"][primary_metric(t)],
+                    "per_seed": [x[primary_metric(t)] for x in res[m]["per_seed"]]}
+                for m in METHODS + ("FineTune + LR",) if m in res}
+            for t, res in report["results"].items()}
+    for m in METHODS + ("FineTune + LR",):
+        frozen = m.startswith("Frozen")
+        rows.append(["main (above)", m, "0" if frozen else str(report["epochs"]),
+                     "—" if frozen else f"{report['learning_rate']:g}", "defaults"]
+                    + cells(main, m))
+    for v in report["variants"]:
+        methods = sorted({m for r in v["results"].values() for m in r},
+                         key=lambda m: ALL_METHODS.index(m))
+        other = {**v["pairtune_params"], **v["finetune_params"]}
+        for m in methods:
+            rows.append([v["name"], m, str(v["epochs"]), f"{v['learning_rate']:g}",
+                         ", ".join(f"{k}={val}" for k, val in other.items()) or "defaults"]
+                        + cells(v["results"], m))
+    lines = [_common.markdown_table(header, rows, align=["l"] * 5 + ["r"] * len(tasks)), "",
+             "Cells: primary metric (accuracy; balanced accuracy on drums), mean ± std over "
+             "seeds (per-seed values). Commands of the variant runs:", ""]
+    lines += [f"- {v['name']}: `{v['command']}` ({v['total_seconds'] / 60:.0f} min)"
+              for v in report["variants"]]
+    return "\n".join(lines)
+
+
 def plot(report, path):
     from matplotlib.figure import Figure
 
@@ -538,6 +600,9 @@ def markdown(report):
               "not a real difference.", ""]
     if d.get("findings"):
         lines += ["## Findings", "", d["findings"].strip(), ""]
+    if d.get("variants"):
+        lines += ["## Variants (exploratory runs: same seeds and splits, one setting "
+                  "changed)", "", variants_markdown(d), ""]
     lines += [f"![accuracy bar chart]({d['figure']})", ""]
     return "\n".join(lines)
 
@@ -650,6 +715,8 @@ def main(argv=None):
         report = json.loads(json_path.read_text(encoding="utf-8"))
     else:
         report = run(args, argv)
+    if args.variants is not None:
+        report["variants"] = [variant_summary(path) for path in args.variants]
     if args.findings is not None:
         report["findings"] = args.findings.read_text(encoding="utf-8")
     report["figure"] = f"{args.name}.png"
