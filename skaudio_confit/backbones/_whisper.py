@@ -20,7 +20,7 @@ class WhisperEncoderBackbone(AudioBackbone):
     padded frames of a batch are masked (zeroed between the convolutions, excluded
     from attention), so a clip's embedding does not depend on what it is batched with.
     The front end matches ``WhisperFeatureExtractor`` (log10 mel power, clamped
-    8 dB below the clip's peak, scaled by ``(x + 4) / 4``).
+    80 dB (8 in log10 power) below the clip's peak, scaled by ``(x + 4) / 4``).
     """
 
     padding_invariant = True
