@@ -1,40 +1,56 @@
 """Stage 2 of AudioConFit: a linear classification head on fixed-size embeddings.
 
-:class:`LinearHeadClassifier` is a skorch ``NeuralNetClassifier`` preset: one
-``torch.nn.Linear`` layer trained with softmax cross-entropy and Adam. It takes the
-embeddings of a stage-1 transformer (or any 2-D float array), works out the input
-dimension and the classes from ``fit``, and behaves like a scikit-learn classifier
-(``clone``, ``GridSearchCV``, pickling, ``check_is_fitted``), so that the paper's
-grid search over learning rate and batch size is an ordinary ``GridSearchCV``.
+:class:`LinearHeadClassifier` is a small scikit-learn classifier that builds and
+owns a skorch :class:`~skorch.classifier.NeuralNetClassifier` (``net_``) in
+``fit``: one ``torch.nn.Linear`` layer trained with softmax cross-entropy and Adam.
+It takes the embeddings of a stage-1 transformer (or any 2-D float array), works
+out the input dimension and the classes from the data, and behaves like any
+scikit-learn classifier (``clone``, ``GridSearchCV``, pickling,
+``check_is_fitted``), so that the paper's grid search over learning rate and batch
+size is an ordinary ``GridSearchCV``.
+
+Why composition rather than a skorch subclass: a ``NeuralNet`` is not a
+scikit-learn estimator in several ways that ``check_estimator`` tests (it sets
+fitted state in ``__init__``, keeps private bookkeeping in ``get_params``, raises
+its own not-fitted error, does not validate ``X``, trains on integer targets only
+and has its own ``repr``), so a subclass must override about fifteen skorch
+internals to hide them, and each skorch release can break one. Owning a net built
+in ``fit`` leaves skorch untouched: scikit-learn conventions hold for the outer
+estimator by construction, and skorch sees what it expects (float32 arrays and
+integer class codes), so its defaults (``valid_acc``, ``classes_``, callbacks) work
+unchanged. The fitted state is plain: ``classes_`` (an array), ``n_features_in_``,
+``device_`` and the net, whose module is a ``state_dict`` away from tensors, so a
+safe (non-pickle) format can store the head as parameters plus weights.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from numbers import Integral, Real
-from types import MappingProxyType
-from typing import ClassVar
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import (
-    Interval,
-    Options,
-    validate_parameter_constraints,
-)
+from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from skorch import NeuralNetClassifier
-from skorch.callbacks import EpochScoring
 from skorch.dataset import Dataset
-from skorch.utils import to_numpy
 from torch.utils.data import DataLoader
 
 from ._device import resolve_device
 
 __all__ = ["LinearHead", "LinearHeadClassifier"]
+
+# Keyword parameters routed to the parts of the skorch net, as skorch names them.
+_ROUTED_PREFIXES = tuple(
+    f"{part}__"
+    for part in ("module", "criterion", "optimizer", "iterator_train", "iterator_valid",
+                 "callbacks", "dataset", "compile")
+)
 
 
 class LinearHead(torch.nn.Module):
@@ -61,29 +77,20 @@ def _softmax_float64(logits):
     return torch.softmax(logits.to(torch.float64), dim=-1)
 
 
-def _code_accuracy(net, X, y):
-    """Accuracy on the integer class codes skorch trains on (a skorch scorer).
-
-    With a ``train_split``, skorch's validation callbacks pass a ``Dataset`` and the
-    encoded targets; ``predict`` expects arrays and returns the original labels.
-    """
-    y_pred = net.forward(X).argmax(dim=-1)
-    return float(np.mean(to_numpy(y_pred) == to_numpy(y)))
-
-
-class LinearHeadClassifier(NeuralNetClassifier):
+class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
     """Linear classification head on fixed-size embeddings (AudioConFit stage 2).
 
-    A skorch :class:`~skorch.classifier.NeuralNetClassifier` preset: a single
-    linear layer (:class:`LinearHead`) trained with softmax cross-entropy and Adam
-    on the whole training set (no internal validation split). The input dimension
-    (``module__in_features``) and the number of classes (``module__n_classes``) are
-    taken from the data at ``fit``, and labels may be of any type (strings too):
-    ``classes_`` holds the original labels and ``predict`` returns them.
+    A single linear layer (:class:`LinearHead`) trained with softmax cross-entropy
+    and Adam on the whole training set (no internal validation split), by a skorch
+    :class:`~skorch.classifier.NeuralNetClassifier` that ``fit`` builds from these
+    parameters and keeps as ``net_``. The input dimension (``module__in_features``)
+    and the number of classes (``module__n_classes``) are taken from the data, and
+    labels may be of any type (strings too): ``classes_`` holds the original labels
+    and ``predict`` returns them.
 
     Every skorch parameter (``callbacks``, ``optimizer__weight_decay``,
-    ``module__*``, ...) is accepted and behaves as in skorch; the defaults below
-    are the ones that differ from skorch's.
+    ``module__*``, ...) is accepted, passed on to the net and behaves as in skorch;
+    the defaults below are the ones that differ from skorch's.
 
     Parameters
     ----------
@@ -110,13 +117,12 @@ class LinearHeadClassifier(NeuralNetClassifier):
         None trains on all of ``X``; pass e.g. ``skorch.dataset.ValidSplit(5)``
         to hold out a validation fold, whose ``valid_loss`` and ``valid_acc``
         are recorded in ``history_`` (e.g. for ``skorch.callbacks.EarlyStopping``).
-        Scoring callbacks of your own get a skorch ``Dataset`` and the targets
-        encoded as indices into ``classes_``, so use a callable scorer such as
-        ``lambda net, X, y: ...`` working on ``net.forward(X)``.
     callbacks : list or None, default=None
-        As in skorch.
+        As in skorch. Callbacks see the net (``net_``), which is trained on the
+        labels encoded as indices into ``classes_``.
     predict_nonlinearity : callable, "auto" or None, default="auto"
-        "auto" applies a (float64) softmax to the logits in ``predict_proba``.
+        "auto" applies a (float64) softmax to the logits in ``predict_proba`` when
+        the criterion is a cross-entropy, else skorch's "auto".
     warm_start : bool, default=False
         If True, a second ``fit`` continues training the fitted head (same
         features and classes) instead of starting anew.
@@ -124,9 +130,9 @@ class LinearHeadClassifier(NeuralNetClassifier):
         1 prints skorch's per-epoch table.
     device : str, torch.device or None, default="auto"
         "auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N". "auto"
-        is kept as is by ``get_params``/``clone`` and resolved when the head is
-        initialised (see ``device_``) and again when a pickled head is loaded.
-        None leaves tensors where they are (skorch semantics).
+        is kept as is by ``get_params``/``clone`` and resolved at ``fit`` (see
+        ``device_``) and again when a pickled head is loaded. None leaves tensors
+        where they are (skorch semantics).
     compile : bool, default=False
         Wrap the module with ``torch.compile`` (skorch).
     use_caching : bool or "auto", default="auto"
@@ -146,7 +152,7 @@ class LinearHeadClassifier(NeuralNetClassifier):
     **kwargs
         Further skorch parameters with a prefix (``module__*``,
         ``optimizer__*``, ``criterion__*``, ``iterator_train__*``,
-        ``iterator_valid__*``, ``callbacks__*``, ``dataset__*``).
+        ``iterator_valid__*``, ``callbacks__*``, ``dataset__*``, ``compile__*``).
 
     Attributes
     ----------
@@ -156,12 +162,15 @@ class LinearHeadClassifier(NeuralNetClassifier):
         Embedding dimension seen at ``fit``.
     feature_names_in_ : ndarray of shape (n_features_in_,)
         Column names, when ``X`` at ``fit`` was a DataFrame with string names.
+    net_ : skorch.classifier.NeuralNetClassifier
+        The trained net, for skorch's own tools (``save_params``, ``forward``,
+        ``optimizer_``, ...); it works on class codes, not labels.
     module_ : torch.nn.Module
-        The trained head.
-    device_ : str or None
-        The device the head lives on ("cpu", "cuda", ...), resolved from ``device``.
+        The trained head (``net_.module_``).
     history_ : skorch.history.History
         Per-epoch ``train_loss`` (and validation scores with a ``train_split``).
+    device_ : str or None
+        The device the head lives on ("cpu", "cuda", ...), resolved from ``device``.
 
     See Also
     --------
@@ -203,25 +212,18 @@ class LinearHeadClassifier(NeuralNetClassifier):
     ['clf__batch_size', 'clf__lr']
     """
 
-    # Checked at fit; the remaining (skorch) parameters are checked by skorch.
-    # Not named ``_parameter_constraints``: skorch's ``_validate_params`` shadows
-    # scikit-learn's, and this dict does not cover every skorch parameter.
-    _head_parameter_constraints: ClassVar[dict] = {
+    # The remaining (skorch) parameters are checked by skorch when fit builds the net.
+    _parameter_constraints: dict = {
         "lr": [Interval(Real, 0, None, closed="neither")],
         "max_epochs": [Interval(Integral, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left"), Options(Integral, {-1})],
+        "predict_nonlinearity": [callable, StrOptions({"auto"}), None],
         "warm_start": ["boolean"],
         "verbose": ["verbose"],
         "device": [str, torch.device, None],
         "classes": ["array-like", None],
         "random_state": ["random_state"],
     }
-
-    # Unfitted skorch state, until initialize() sets it on the instance (read-only
-    # mapping: skorch replaces virtual_params_ with a dict before changing it).
-    history_ = None
-    initialized_ = False
-    virtual_params_ = MappingProxyType({})
 
     def __init__(
         self,
@@ -249,171 +251,103 @@ class LinearHeadClassifier(NeuralNetClassifier):
         iterator_train__shuffle=True,
         **kwargs,
     ):
-        super().__init__(
-            module,
-            criterion=criterion,
-            optimizer=optimizer,
-            lr=lr,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            iterator_train=iterator_train,
-            iterator_valid=iterator_valid,
-            dataset=dataset,
-            train_split=train_split,
-            callbacks=callbacks,
-            predict_nonlinearity=predict_nonlinearity,
-            warm_start=warm_start,
-            verbose=verbose,
-            device=device,
-            compile=compile,
-            use_caching=use_caching,
-            torch_load_kwargs=torch_load_kwargs,
-            classes=classes,
-            iterator_train__shuffle=iterator_train__shuffle,
-            **kwargs,
-        )
+        self.module = module
+        self.criterion = criterion
+        self.optimizer = optimizer
+        self.lr = lr
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.iterator_train = iterator_train
+        self.iterator_valid = iterator_valid
+        self.dataset = dataset
+        self.train_split = train_split
+        self.callbacks = callbacks
+        self.predict_nonlinearity = predict_nonlinearity
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.device = device
+        self.compile = compile
+        self.use_caching = use_caching
+        self.torch_load_kwargs = torch_load_kwargs
+        self.classes = classes
         self.random_state = random_state
-        # skorch's __init__ also sets its (unfitted) state; scikit-learn wants only
-        # parameters set in __init__, so the class-level defaults below stand in.
-        for name in ("history_", "initialized_", "virtual_params_"):
-            if vars(self).get(name) == getattr(type(self), name):
-                del vars(self)[name]
+        self.iterator_train__shuffle = iterator_train__shuffle
+        vars(self).update(kwargs)
 
     # ------------------------------------------------------------------ params
 
-    # ``device`` is stored verbatim (so "auto" survives get_params and clone), but
-    # skorch reads ``self.device`` wherever it moves tensors: there it must be a
-    # real device, the one resolved when the head was initialised.
-    @property
-    def device(self):
-        raw = self.__dict__.get("device", "auto")
-        if isinstance(raw, str) and raw == "auto":
-            if "device_" in self.__dict__:
-                return self.__dict__["device_"]
-            return str(resolve_device("auto"))
-        return raw
+    def _extra_params(self):
+        """Keywords beyond the signature (skorch's prefixed ones), as given."""
+        names = self._get_param_names()
+        return {k: v for k, v in vars(self).items()
+                if k not in names and not k.startswith("_") and not k.endswith("_")}
 
-    @device.setter
-    def device(self, value):
-        self.__dict__["device"] = value
+    def get_params(self, deep=True):
+        """Parameters, including the prefixed skorch ones given as keywords.
 
-    @property
-    def _default_callbacks(self):
-        # skorch's, but valid_acc scores the encoded targets (see _code_accuracy).
-        return [
-            (name, EpochScoring(_code_accuracy, name="valid_acc", lower_is_better=False))
-            if name == "valid_acc"
-            else (name, callback)
-            for name, callback in super()._default_callbacks
-        ]
-
-    @property
-    def classes_(self):
-        # skorch derives classes_ from its ``classes`` parameter or from y; here it
-        # is ordinary fitted state, absent (hasattr False) before fit.
-        try:
-            return self.__dict__["classes_"]
-        except KeyError:
-            raise AttributeError(
-                f"'{type(self).__name__}' object has no attribute 'classes_'"
-            ) from None
-
-    @classes_.setter
-    def classes_(self, value):
-        self.__dict__["classes_"] = value
-
-    @classes_.deleter
-    def classes_(self):
-        del self.__dict__["classes_"]
-
-    def get_params(self, deep=True, **kwargs):
-        params = super().get_params(deep=deep, **kwargs)
-        # skorch bookkeeping, rebuilt by __init__ from the prefixed parameters.
-        params.pop("_params_to_validate", None)
-        if "device" in params:
-            params["device"] = self.__dict__.get("device", "auto")
-        return params
+        Returns
+        -------
+        params : dict
+        """
+        return {**super().get_params(deep=deep), **self._extra_params()}
 
     def set_params(self, **params):
-        """Set parameters, as in skorch; ``callbacks`` itself is checked at ``fit``.
+        """Set parameters; prefixed skorch ones (``optimizer__*``, ...) are stored as given.
 
         Returns
         -------
         self : LinearHeadClassifier
         """
-        # skorch rebuilds the callbacks from the *current* list whenever a
-        # ``callbacks`` key is set (and then swaps the list in), so one bad value
-        # would make every later set_params fail. A bare ``callbacks`` is only
-        # stored; fit builds the callbacks from it as skorch always does.
-        if "callbacks" in params and not any(k.startswith("callbacks__") for k in params):
-            self.callbacks = params.pop("callbacks")
-        return super().set_params(**params) if params else self
+        extra = self._extra_params()
+        vars(self).update({k: params.pop(k) for k in list(params)
+                           if k.startswith(_ROUTED_PREFIXES) or k in extra})
+        return super().set_params(**params)
 
-    def __repr__(self):
-        # scikit-learn's repr (only the parameters that differ from the defaults),
-        # like every other step of a Pipeline.
-        return BaseEstimator.__repr__(self)
+    # --------------------------------------------------------------- fitted state
 
-    def _check_params(self):
-        validate_parameter_constraints(
-            self._head_parameter_constraints,
-            self.get_params(deep=False),
-            caller_name=type(self).__name__,
+    @property
+    def module_(self):
+        return self.net_.module_
+
+    @property
+    def history_(self):
+        return self.net_.history_
+
+    def _build_net(self, n_features, n_classes):
+        """An uninitialised skorch net for ``n_classes`` codes on ``device_``."""
+        routed = {k: v for k, v in self.get_params(deep=False).items()
+                  if k.startswith(_ROUTED_PREFIXES)}
+        if not isinstance(self.module, torch.nn.Module):  # an instance is used as given
+            routed.setdefault("module__in_features", n_features)
+            routed.setdefault("module__n_classes", n_classes)
+        criterion = self.criterion
+        cross_entropy = (isinstance(criterion, torch.nn.CrossEntropyLoss)
+                         or (isinstance(criterion, type)
+                             and issubclass(criterion, torch.nn.CrossEntropyLoss)))
+        nonlinearity = self.predict_nonlinearity
+        if nonlinearity == "auto" and cross_entropy:
+            nonlinearity = _softmax_float64
+        return NeuralNetClassifier(
+            self.module,
+            criterion=criterion,
+            optimizer=self.optimizer,
+            lr=self.lr,
+            max_epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            iterator_train=self.iterator_train,
+            iterator_valid=self.iterator_valid,
+            dataset=self.dataset,
+            train_split=self.train_split,
+            callbacks=self.callbacks,
+            predict_nonlinearity=nonlinearity,
+            verbose=self.verbose,
+            device=self.device_,
+            compile=self.compile,
+            use_caching=self.use_caching,
+            torch_load_kwargs=self.torch_load_kwargs,
+            classes=np.arange(n_classes),  # skorch sees only the codes
+            **routed,
         )
-
-    def _resolve_device(self):
-        raw = self.__dict__.get("device", "auto")
-        return None if raw is None else resolve_device(raw)
-
-    # ------------------------------------------------------------ fitted state
-
-    def __sklearn_is_fitted__(self):
-        return "classes_" in self.__dict__ and isinstance(
-            getattr(self, "module_", None), torch.nn.Module
-        )
-
-    def initialize(self):
-        """Initialise the module, criterion and optimizer on the resolved device.
-
-        Called by ``fit``; calling it directly needs ``module__in_features`` and
-        ``module__n_classes``, which ``fit`` otherwise takes from the data.
-
-        Returns
-        -------
-        self : LinearHeadClassifier
-        """
-        device = self._resolve_device()
-        self.device_ = None if device is None else str(device)
-        return super().initialize()
-
-    def initialize_module(self):
-        """Build the module, filling in ``in_features`` and ``n_classes`` from the data.
-
-        Returns
-        -------
-        self : LinearHeadClassifier
-        """
-        kwargs = self.get_params_for("module")
-        # A module instance is used as given (skorch semantics).
-        if not isinstance(self.module, torch.nn.Module):
-            missing = {"in_features", "n_classes"} - kwargs.keys()
-            if missing and not (hasattr(self, "n_features_in_") and hasattr(self, "classes_")):
-                raise ValueError(
-                    f"{type(self).__name__} takes the input dimension and the classes "
-                    "from the data: call fit(X, y), or set module__in_features and "
-                    "module__n_classes before calling initialize()."
-                )
-            if "in_features" in missing:
-                kwargs["in_features"] = self.n_features_in_
-            if "n_classes" in missing:
-                kwargs["n_classes"] = len(self.classes_)
-        self.module_ = self.initialized_instance(self.module, kwargs)
-        return self
-
-    def check_data(self, X, y):
-        # X and y were validated and y label-encoded in fit/partial_fit; skorch's
-        # version would infer "classes" from the integer codes.
-        pass
 
     @contextlib.contextmanager
     def _seeded(self):
@@ -422,21 +356,28 @@ class LinearHeadClassifier(NeuralNetClassifier):
             yield
             return
         seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
-        device = self._resolve_device()
-        cuda_devices = []
+        device = None if self.device_ is None else torch.device(self.device_)
+        cuda = []
         if device is not None and device.type == "cuda":
-            cuda_devices = [
-                device.index if device.index is not None else torch.cuda.current_device()
-            ]
+            cuda = [device.index if device.index is not None else torch.cuda.current_device()]
         # Only the CPU generator and the CUDA device in use are forked and seeded
         # (torch.manual_seed would also queue a seed for every CUDA device).
-        with torch.random.fork_rng(devices=cuda_devices):
+        with torch.random.fork_rng(devices=cuda):
             torch.random.default_generator.manual_seed(seed)
-            for index in cuda_devices:
+            for index in cuda:
                 torch.cuda.default_generators[index].manual_seed(seed)
             yield
 
-    def _validate_training_data(self, X, y, reset, classes):
+    def _train(self, X, y, classes, reset, fit_params):
+        """Validate, encode, (re)build the net if ``reset`` and train one round."""
+        self._validate_params()
+        # Keywords without a skorch prefix (typos) are kept by __init__, refused here.
+        unexpected = sorted(k for k in self._extra_params() if not k.startswith(_ROUTED_PREFIXES))
+        if unexpected:
+            raise TypeError(
+                f"{type(self).__name__} got unexpected keyword argument(s) {unexpected}; "
+                f"extra keywords must start with one of {', '.join(_ROUTED_PREFIXES)}."
+            )
         if y is None:
             raise ValueError(
                 f"{type(self).__name__} requires y to be passed, but the target y is None."
@@ -444,24 +385,31 @@ class LinearHeadClassifier(NeuralNetClassifier):
         X, y = validate_data(self, X, y, reset=reset, dtype=np.float32)
         check_classification_targets(y)
         if reset:
-            labels = np.unique(y if classes is None else np.asarray(classes))
-            if len(labels) < 2:
+            encoder = LabelEncoder().fit(y if classes is None else np.asarray(classes))
+            if len(encoder.classes_) < 2:
                 raise ValueError(
                     f"{type(self).__name__} needs samples of at least 2 classes in the "
-                    f"data, but the data contains only one class: {labels[0]!r}."
+                    f"data, but the data contains only one class: {encoder.classes_[0]!r}."
                 )
-            self.classes_ = labels
-        return X, self._encode(y)
-
-    def _encode(self, y):
-        classes = self.classes_
-        known = np.isin(y, classes)
-        if not known.all():
-            unseen = np.unique(np.asarray(y)[~known]).tolist()
-            raise ValueError(f"y contains labels not in classes_: {unseen}")
-        return np.searchsorted(classes, y).astype(np.int64)
-
-    # --------------------------------------------------------------- training
+        else:
+            encoder = LabelEncoder()
+            encoder.classes_ = self.classes_
+        unseen = np.setdiff1d(y, encoder.classes_)
+        if unseen.size:
+            raise ValueError(f"y contains labels not in classes_: {unseen.tolist()}")
+        codes = encoder.transform(y).astype(np.int64)
+        if reset:
+            device = None if self.device is None else resolve_device(self.device)
+            self.device_ = None if device is None else str(device)
+            net = self._build_net(X.shape[1], len(encoder.classes_))
+        else:
+            net = self.net_
+        with self._seeded():
+            if reset:
+                net.initialize()
+            net.partial_fit(X, codes, **fit_params)
+        self.net_, self.classes_ = net, encoder.classes_
+        return self
 
     def fit(self, X, y, **fit_params):
         """Train the head from scratch (or on, with ``warm_start=True``).
@@ -479,15 +427,8 @@ class LinearHeadClassifier(NeuralNetClassifier):
         -------
         self : LinearHeadClassifier
         """
-        self._check_params()
         reset = not (self.warm_start and self.__sklearn_is_fitted__())
-        X, codes = self._validate_training_data(X, y, reset=reset, classes=self.classes)
-        with self._seeded():
-            if reset:
-                self.initialize()
-            # NeuralNet.partial_fit: the data are already validated and encoded.
-            super().partial_fit(X, codes, _routing_method="fit", **fit_params)
-        return self
+        return self._train(X, y, self.classes, reset, fit_params)
 
     def partial_fit(self, X, y, classes=None, **fit_params):
         """Train for ``max_epochs`` more epochs, starting from the current head.
@@ -508,27 +449,13 @@ class LinearHeadClassifier(NeuralNetClassifier):
         -------
         self : LinearHeadClassifier
         """
-        self._check_params()
-        first = not self.__sklearn_is_fitted__()
-        if classes is None:
-            classes = self.classes
-        X, codes = self._validate_training_data(X, y, reset=first, classes=classes)
-        with self._seeded():
-            if first:
-                self.initialize()
-            super().partial_fit(X, codes, **fit_params)
-        return self
+        classes = self.classes if classes is None else classes
+        return self._train(X, y, classes, not self.__sklearn_is_fitted__(), fit_params)
+
+    def __sklearn_is_fitted__(self):
+        return "net_" in vars(self) and "classes_" in vars(self)
 
     # -------------------------------------------------------------- inference
-
-    def _get_predict_nonlinearity(self):
-        nonlin = super()._get_predict_nonlinearity()
-        criterion = getattr(self.criterion_, "_orig_mod", self.criterion_)
-        if self.predict_nonlinearity == "auto" and isinstance(
-            criterion, torch.nn.CrossEntropyLoss
-        ):
-            return _softmax_float64
-        return nonlin
 
     def predict_proba(self, X):
         """Class probabilities.
@@ -548,7 +475,7 @@ class LinearHeadClassifier(NeuralNetClassifier):
         # Every DataLoader draws a base seed from the global torch RNG, even without
         # shuffling: fork it, so that predicting leaves the random state as it was.
         with torch.random.fork_rng(devices=[]):
-            return super().predict_proba(X)
+            return self.net_.predict_proba(X)
 
     def predict(self, X):
         """Predicted class labels.
@@ -568,15 +495,21 @@ class LinearHeadClassifier(NeuralNetClassifier):
 
     # ----------------------------------------------------------- persistence
 
+    def __getstate__(self):
+        state = super().__getstate__()
+        if self.device == "auto" and "net_" in state:
+            # Pickle the net for the CPU; loading moves it to that machine's "auto"
+            # device (skorch alone would warn and fall back if CUDA were missing).
+            state = {**state, "net_": copy.copy(state["net_"])}
+            state["net_"].device = "cpu"
+        return state
+
     def __setstate__(self, state):
-        raw = state.get("device")
-        auto = isinstance(raw, str) and raw == "auto"
-        if auto:
-            # Load onto this machine's device, like a fresh fit with "auto" would.
-            state = {**state, "device": str(resolve_device("auto"))}
         super().__setstate__(state)
-        final = self.__dict__["device"]  # skorch may have fallen back to the CPU
-        if auto:
-            self.__dict__["device"] = "auto"
-        if "device_" in self.__dict__:
-            self.__dict__["device_"] = None if final is None else str(final)
+        if self.device == "auto" and "net_" in state:
+            net, device = self.net_, resolve_device("auto")
+            self.device_ = net.device = str(device)
+            net.module_.to(device)
+            net.criterion_.to(device)
+            # Loading a state dict moves the optimizer's moments to its parameters.
+            net.optimizer_.load_state_dict(net.optimizer_.state_dict())

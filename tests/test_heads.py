@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import pickle
+
 import joblib
 import numpy as np
 import pytest
 import torch
 from numpy.testing import assert_allclose, assert_array_equal
+from scipy.special import softmax
 from sklearn.base import clone
 from sklearn.datasets import make_blobs
 from sklearn.exceptions import NotFittedError
-from sklearn.model_selection import GridSearchCV
+from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
+from skorch import NeuralNetClassifier
 
 from skaudio_confit.heads import LinearHead, LinearHeadClassifier
 
@@ -90,16 +94,29 @@ def test_fits_separable_blobs(blobs):
     assert "module__in_features" not in head.get_params()
 
 
-def test_predict_and_predict_proba_shapes(fitted, blobs):
+def test_predict_proba_is_the_softmax_of_the_linear_layer(fitted, blobs):
     X, _ = blobs
     proba = fitted.predict_proba(X)
-    assert proba.shape == (120, 3)
     assert proba.dtype == np.float64
     assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-12)
-    assert np.all(proba >= 0)
+    # The same numbers from the head's weights, in numpy.
+    weight = fitted.module_.linear.weight.detach().double().numpy()
+    bias = fitted.module_.linear.bias.detach().double().numpy()
+    logits = X.astype(np.float32).astype(np.float64) @ weight.T + bias
+    assert_allclose(proba, softmax(logits, axis=1), rtol=1e-4, atol=1e-7)
     pred = fitted.predict(X)
-    assert pred.shape == (120,)
     assert_array_equal(pred, fitted.classes_[proba.argmax(axis=1)])
+
+
+def test_net_is_a_plain_skorch_net_on_class_codes(fitted, blobs):
+    X, _ = blobs
+    assert type(fitted.net_) is NeuralNetClassifier
+    assert fitted.module_ is fitted.net_.module_
+    assert fitted.history_ is fitted.net_.history_
+    # skorch trains on the codes 0..n_classes-1, so its own predict returns codes.
+    assert_array_equal(fitted.net_.classes_, [0, 1, 2])
+    codes = fitted.net_.predict(X.astype(np.float32))
+    assert_array_equal(fitted.classes_[codes], fitted.predict(X))
 
 
 def test_binary_problem(blobs):
@@ -149,10 +166,14 @@ def test_partial_fit_and_warm_start(blobs):
     assert head.predict_proba(X).shape == (120, 3)
     head.partial_fit(X, labels)
     assert len(head.history_) == 40
-    with pytest.raises(ValueError, match="not in classes_"):
+    proba = head.predict_proba(X)
+    with pytest.raises(ValueError, match=r"not in classes_: \['emu'\]"):
         head.partial_fit(X, np.where(labels == "owl", "emu", labels))
     with pytest.raises(ValueError, match="expecting 8 features"):
         head.partial_fit(X[:, :5], labels)
+    # A refused call leaves the fitted head as it was.
+    assert len(head.history_) == 40
+    assert_array_equal(head.predict_proba(X), proba)
 
     # warm_start: a second fit continues training instead of starting anew.
     warm = LinearHeadClassifier(**FAST, random_state=0, warm_start=True).fit(X, y)
@@ -205,15 +226,30 @@ def test_validation_split_scores_string_labels(blobs):
     assert head.history_[-1, "valid_acc"] >= 0.9
 
 
-def test_initialize_without_data(blobs):
-    X, _ = blobs
-    with pytest.raises(ValueError, match="call fit"):
-        LinearHeadClassifier().initialize()
-    # skorch-style explicit dimensions still work, but the head is not fitted.
-    head = LinearHeadClassifier(module__in_features=8, module__n_classes=3).initialize()
-    assert head.module_.linear.out_features == 3
-    with pytest.raises(NotFittedError):
-        head.predict(X)
+def test_prefixed_parameters_reach_the_net(blobs):
+    X, y = blobs
+    head = LinearHeadClassifier(**FAST, optimizer__weight_decay=0.5, random_state=0)
+    head.set_params(optimizer__betas=(0.8, 0.9), iterator_train__shuffle=False)
+    assert head.get_params()["optimizer__betas"] == (0.8, 0.9)
+    head.fit(X, y)
+    group = head.net_.optimizer_.param_groups[0]
+    assert group["weight_decay"] == 0.5
+    assert group["betas"] == (0.8, 0.9)
+    assert head.net_.iterator_train__shuffle is False
+    # Without shuffling, the seed only sets the initial weights; with it, also
+    # the batches: the two heads differ.
+    shuffled = LinearHeadClassifier(**FAST, optimizer__weight_decay=0.5,
+                                    optimizer__betas=(0.8, 0.9), random_state=0).fit(X, y)
+    assert not np.array_equal(head.predict_proba(X), shuffled.predict_proba(X))
+
+
+def test_unexpected_keyword_is_kept_then_refused_at_fit(blobs):
+    X, y = blobs
+    head = LinearHeadClassifier(optimiser__weight_decay=0.1)  # misspelt prefix
+    assert clone(head).get_params()["optimiser__weight_decay"] == 0.1
+    with pytest.raises(TypeError, match=r"\['optimiser__weight_decay'\]"):
+        head.fit(X, y)
+    assert not hasattr(head, "net_")
 
 
 # -------------------------------------------------------------- reproducibility
@@ -230,9 +266,9 @@ def test_random_state_makes_fits_reproducible(blobs):
     # Seeding happens in a fork of the RNG, and predicting forks it too: the global
     # torch state is untouched.
     assert torch.equal(rng_state, torch.random.get_rng_state())
-    # A RandomState instance is accepted too.
+    # A fresh RandomState(0) draws the same seed as the int 0.
     d = LinearHeadClassifier(**FAST, random_state=np.random.RandomState(0)).fit(X, y)
-    assert d.predict_proba(X).shape == (120, 3)
+    assert_array_equal(d.predict_proba(X), a)
 
 
 def test_random_state_none_uses_the_global_torch_rng(blobs):
@@ -254,14 +290,15 @@ def test_grid_search_over_lr_and_batch_size(blobs):
     )
     grid = {"clf__lr": [1e-3, 1e-2], "clf__batch_size": [16, 32]}
     search = GridSearchCV(pipe, grid, cv=2, n_jobs=2).fit(X, LABELS[y])
-    assert search.best_params_["clf__lr"] in grid["clf__lr"]
-    assert search.best_params_["clf__batch_size"] in grid["clf__batch_size"]
-    assert len(search.cv_results_["params"]) == 4
-    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
     assert search.best_score_ >= 0.9
+    # Each setting reached the head: its scores are those of that pipeline alone.
+    for params, score in zip(search.cv_results_["params"], search.cv_results_["mean_test_score"]):
+        alone = cross_val_score(clone(pipe).set_params(**params), X, LABELS[y], cv=2)
+        assert score == pytest.approx(alone.mean(), abs=1e-12), params
     best = search.best_estimator_.named_steps["clf"]
-    assert best.lr == search.best_params_["clf__lr"]
-    assert set(search.predict(X)) <= set(LABELS)
+    assert (best.net_.lr, best.net_.batch_size) == (
+        search.best_params_["clf__lr"], search.best_params_["clf__batch_size"])
+    assert_array_equal(search.predict(X), search.best_estimator_.predict(X))
 
 
 def test_clone_of_fitted_head_is_unfitted_with_same_params(fitted):
@@ -302,6 +339,17 @@ def test_joblib_round_trip(fitted, blobs, tmp_path):
     unfitted = joblib.load(tmp_path / "unfitted.joblib")
     with pytest.raises(NotFittedError):
         unfitted.predict(X)
+
+
+def test_unpickled_head_trains_on_exactly_like_the_original(blobs):
+    X, y = blobs
+    head = LinearHeadClassifier(**FAST, random_state=0).fit(X, y)
+    loaded = pickle.loads(pickle.dumps(head))
+    # Same weights and the same optimizer moments, on the same device.
+    head.partial_fit(X, y)
+    loaded.partial_fit(X, y)
+    assert len(loaded.history_) == 40
+    assert_array_equal(loaded.predict_proba(X), head.predict_proba(X))
 
 
 def test_not_fitted_error_before_fit(blobs):
