@@ -256,6 +256,9 @@ def test_separability_score_accepts_mixed_label_types():
     assert separability_score(X, labels) == pytest.approx(
         separability_score(X, np.repeat([0, 1], 5))
     )
+    # Plots sort them as the estimators do: by type name, then value.
+    ax = plot_separability(X, labels, method="pca", show_score=False)
+    assert legend_labels(ax) == ["1", "a"]
 
 
 # --------------------------------------------------------------------------- plots

@@ -6,6 +6,8 @@ from numbers import Integral
 
 import numpy as np
 
+from .._objectives import encode_labels
+
 # Rows are checked, normalised and summed block by block, each block holding about
 # this many values (8 MiB of float64), so memory stays flat however many rows there are.
 _BLOCK_ELEMENTS = 1 << 20
@@ -92,18 +94,14 @@ def _check_labels(labels, n_samples):
         raise ValueError(
             f"labels has {labels.shape[0]} entries but embeddings has {n_samples} rows."
         )
-    try:
-        classes, codes = np.unique(labels, return_inverse=True)
-    except TypeError:  # labels that do not sort, e.g. a mix of str and int
-        index = {}
-        codes = np.array([index.setdefault(v, len(index)) for v in labels.tolist()])
-        classes = np.array(list(index), dtype=object)  # in order of appearance
+    # The estimators' encoder: sorted classes, mixed types (str and int) included.
+    classes, codes = encode_labels(labels)
     if not 2 <= len(classes) <= n_samples - 1:
         raise ValueError(
             f"labels must have between 2 and n_samples - 1 = {n_samples - 1} distinct "
             f"classes for a separability score; got {len(classes)}."
         )
-    return classes, codes.reshape(-1)
+    return classes, codes
 
 
 def _check_sample(sample):
