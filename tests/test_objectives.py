@@ -61,13 +61,24 @@ def test_multi_similarity_mines_the_hard_pairs_of_a_hand_built_example():
 
 
 def test_multi_similarity_margin_changes_what_is_hard():
-    # With a huge margin every pair is "hard"; with margin 0 the easy pairs of
-    # anchors 2 and 3 (cos 10 = .985 positive, cos 90 negative) drop out.
     x = on_circle(HARD_DEGREES)
+    z = torch.nn.functional.normalize(x)
+    # With a huge margin every pair is "hard".
     _, wide = identity_head(SupConObjective(2, 2, margin=5.0))(x, HARD_TARGETS)
     assert wide == {"positive_pairs": 2 * 1 + 3 * 2, "negative_pairs": 2 * (2 * 3)}
-    _, none = identity_head(SupConObjective(2, 2, margin=0.0))(x, HARD_TARGETS)
-    assert none["positive_pairs"] <= 6 and none["negative_pairs"] <= 6
+    # Margin 0 keeps the pairs of the hand-built example: no comparison there is
+    # within 0.1 of its threshold (anchor 2: positive 3 at .985 vs negative .34;
+    # negative 0 at 0 vs positive .17; anchor 3 likewise with .985, .17 and -.17).
+    a1, p, a2, n = identity_head(SupConObjective(2, 2, margin=0.0)).miner(z, HARD_TARGETS)
+    assert pair_set(a1, p) == HARD_POSITIVES
+    assert pair_set(a2, n) == HARD_NEGATIVES
+    # Margin 0.9 makes anchor 2's easy pairs hard (.985 - .9 < .34; 0 + .9 > .17),
+    # anchor 3's (.985 - .9 < .17; -.17 + .9 > 0) and anchor 1's negatives at 90
+    # and 100 degrees (.34 + .9 and .17 + .9 > .94); anchor 0's stay easy (0 + .9
+    # and -.17 + .9 < .94).
+    a1, p, a2, n = identity_head(SupConObjective(2, 2, margin=0.9)).miner(z, HARD_TARGETS)
+    assert pair_set(a1, p) == HARD_POSITIVES | {(2, 3), (3, 2)}
+    assert pair_set(a2, n) == HARD_NEGATIVES | {(2, 0), (3, 0), (1, 2), (1, 3)}
 
 
 def test_no_hard_pairs_gives_a_zero_loss_that_still_backpropagates():
@@ -123,19 +134,40 @@ def test_loss_is_finite_and_decreases_on_separable_embeddings(mining):
         assert last_pos < first_pos / 4
 
 
-def test_loss_depends_on_temperature_and_is_finite_at_low_temperature():
-    torch.manual_seed(1)
-    pooled = torch.randn(12, 8)
-    targets = torch.arange(3).repeat(4)
-    values = []
-    for temperature in (1.0, 0.1, 0.01):
-        objective = SupConObjective(8, 4, temperature=temperature, mining="none")
-        torch.manual_seed(2)
-        objective.projection.reset_parameters()
-        loss, _ = objective(pooled, targets)
-        assert torch.isfinite(loss)
-        values.append(loss.item())
-    assert len(set(values)) == 3
+def supcon_by_hand(z, targets, temperature):
+    """SupCon (Khosla et al. 2020, L_out) in float64: for each anchor, the mean over
+    its positives of -log softmax over all other clips of z_i . z_a / temperature."""
+    z, targets = z.double().numpy(), targets.numpy()
+    logits = z @ z.T / temperature
+    losses_ = []
+    for i in range(len(z)):
+        others = np.arange(len(z)) != i
+        log_denominator = np.log(np.exp(logits[i, others]).sum())
+        positives = others & (targets == targets[i])
+        losses_.append(np.mean(log_denominator - logits[i, positives]))
+    return np.mean(losses_)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.1, 0.05])
+def test_loss_is_the_supcon_formula_at_each_temperature(temperature):
+    # Unit vectors at these angles, so z is known once the head is the identity.
+    x = on_circle([0, 15, 40, 90, 120, 200])
+    targets = torch.tensor([0, 0, 1, 1, 2, 2])
+    objective = identity_head(SupConObjective(2, 2, temperature=temperature, mining="none"))
+    loss, _ = objective(x * 3.0, targets)  # the input scale is normalised away
+    expected = supcon_by_hand(torch.nn.functional.normalize(x), targets, temperature)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_loss_is_finite_at_low_temperature():
+    # At temperature 0.01 the logits reach 100: exp overflows float32 without the
+    # max-subtraction the loss relies on.
+    x = on_circle([0, 1, 180, 181])
+    targets = torch.tensor([0, 1, 0, 1])  # positives far apart, negatives close
+    objective = identity_head(SupConObjective(2, 2, temperature=0.01, mining="none"))
+    loss, _ = objective(x, targets)
+    assert torch.isfinite(loss)
+    assert loss.item() == pytest.approx(supcon_by_hand(x, targets, 0.01), rel=1e-4)
 
 
 def test_projection_output_is_unit_norm_whatever_the_input_scale():
