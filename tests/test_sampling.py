@@ -144,3 +144,12 @@ def test_property_invariants_hold_for_any_class_sizes(
     codes = np.random.default_rng(seed).permutation(np.repeat(labels, class_sizes))
     batches = plan(codes, batch_size, samples_per_class, seed)
     check_invariants(codes, batches, batch_size, samples_per_class)
+
+
+def test_classes_are_drawn_in_proportion_to_their_groups_left():
+    # Class 0 has 10 groups, classes 1-3 one each; batches hold 2 classes. Drawn in
+    # proportion to groups left, the first batch lacks class 0 with probability
+    # 3/13 * 2/12 = 0.04; drawn uniformly, with probability 3/6 = 0.5.
+    codes = np.repeat(np.arange(4), [40, 4, 4, 4])
+    with_class_0 = [0 in codes[plan(codes, 8, 4, seed=seed)[0]] for seed in range(200)]
+    assert np.mean(with_class_0) > 0.9
