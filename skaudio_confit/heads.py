@@ -486,6 +486,7 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
         if self.device == "auto" and "net_" in state:
             # Pickle the net for the CPU; loading moves it to that machine's "auto"
             # device (skorch alone would warn and fall back if CUDA were missing).
+            # copy.copy goes through skorch's own pickling: cheap for one layer.
             state = {**state, "net_": copy.copy(state["net_"])}
             state["net_"].device = "cpu"
         return state
