@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import pickle
 
 import joblib
@@ -67,7 +68,8 @@ def test_defaults_are_the_papers_head():
     assert params["verbose"] == 0
     assert params["device"] == "auto"
     assert params["random_state"] is None
-    assert "_params_to_validate" not in params  # skorch bookkeeping stays private
+    # Exactly the signature's parameters: no skorch bookkeeping.
+    assert set(params) == set(inspect.signature(LinearHeadClassifier).parameters) - {"kwargs"}
     # scikit-learn's repr: only what differs from the defaults.
     assert repr(head) == "LinearHeadClassifier()"
     assert repr(LinearHeadClassifier(lr=1e-2)) == "LinearHeadClassifier(lr=0.01)"
