@@ -68,9 +68,14 @@ class AudioEncoderMixin:
 
     def _pretrained_backbone(self):
         backbone = load_backbone(self.backbone)
-        backbone.check_layer(self.layer)
+        self._check_backbone(backbone)
         if self.freeze_feature_encoder:
             backbone.freeze_feature_encoder()
+        return backbone
+
+    def _check_backbone(self, backbone):
+        """Raise ``ValueError`` if ``layer`` or ``max_duration`` do not suit ``backbone``."""
+        backbone.check_layer(self.layer)
         limit = getattr(backbone, "max_samples", None)
         if limit is not None and self.max_duration is not None:
             if self.max_duration * backbone.sampling_rate > limit:
@@ -78,7 +83,6 @@ class AudioEncoderMixin:
                     f"max_duration={self.max_duration} exceeds what this backbone can read "
                     f"in one window ({limit / backbone.sampling_rate:.0f} s)."
                 )
-        return backbone
 
     def _window_samples(self, backbone):
         """Window length: max_duration, or the backbone's limit if it has one."""
@@ -100,6 +104,9 @@ class AudioEncoderMixin:
         from tqdm.auto import tqdm
 
         check_is_fitted(self)
+        # Parameters may have changed since fit (set_params) or come from a file.
+        self._validate_params()
+        self._check_backbone(self.backbone_)
         self._check_input_shape(X)
         clips = as_clip_list(X)
         if len(clips) == 0:
