@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -46,6 +47,9 @@ class AudioEncoderMixin:
     Loading the input (one audio layer for all), loading the pretrained backbone,
     and mean-pooled embeddings of a fitted ``backbone_``.
     """
+
+    # Whether training needs two clips of a class in a batch (contrastive objectives).
+    _needs_positive_pairs = False
 
     def _load_input(self, X, target_rate):
         return load_waveforms(X, sampling_rate=self.sampling_rate, target_rate=target_rate)
@@ -154,6 +158,14 @@ class AudioEncoderMixin:
         if self.epochs > 0:
             train_idx, valid_idx = self._split_validation(len(waves), codes, rng)
             train_waves, train_codes = [waves[i] for i in train_idx], codes[train_idx]
+            if self._needs_positive_pairs and np.bincount(train_codes).max() < 2:
+                warnings.warn(
+                    f"Every class has a single training clip: {type(self).__name__}'s "
+                    "contrastive loss then has no positive pair of two different clips "
+                    "(only a clip and its own copy), so it cannot learn what the clips of "
+                    "a class share. Give classes at least 2 clips, or use "
+                    "FineTuneClassifier.", UserWarning, stacklevel=3,
+                )
             if validation_data is not None:
                 valid_waves, valid_codes = self._validation_clips(validation_data, classes,
                                                                   backbone)

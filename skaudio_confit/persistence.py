@@ -386,8 +386,8 @@ def load_estimator(cls, directory):
             f"Saved weights in {str(directory)!r} do not fit the saved {model_type} backbone "
             "config: tensor names or shapes differ from what the config describes."
         ) from None
-    _load_checks.check_encoder_fitted(estimator, tuple(fitted), backbone.hidden_size,
-                                      manifest_path)
+    _load_checks.check_encoder_fitted(estimator, cls._json_fitted_attributes,
+                                      backbone.hidden_size, manifest_path)
     try:
         estimator._check_backbone(backbone)
     except ValueError as exc:
