@@ -6,6 +6,9 @@ plus a state dict of numpy arrays and rebuilt on load, and :func:`save_estimator
 :func:`load_estimator` write a directory of safetensors weights plus a JSON manifest
 that loads without unpickling anything. ``joblib.load`` / ``pickle.load`` execute
 code from the file: use them on trusted files only.
+
+Saves are transactional (``_atomic_save``) and loads check every value they read
+(``_load_checks``).
 """
 
 from __future__ import annotations
@@ -105,7 +108,9 @@ class EncoderPersistenceMixin:
         """Load an estimator written by :meth:`save`, validating it first.
 
         Never unpickles: weights come from safetensors, everything else from JSON.
-        Raises ``ValueError`` if the files were altered or truncated.
+        Raises ``ValueError`` naming the file if the files were altered or truncated,
+        or hold parameters, fitted attributes or weights that are not valid (see
+        :func:`load_estimator`); ``FileNotFoundError`` if there is no save.
         """
         return load_estimator(cls, directory)
 

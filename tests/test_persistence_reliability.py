@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_class_sines
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -477,6 +479,45 @@ def test_load_validates_weight_values_and_dtypes(change, fragment, pairtunes, tm
     with pytest.raises(ValueError) as info:
         PairTuneTransformer.load(tmp_path / "m")
     assert_clean(info.value, fragment, WEIGHTS)
+
+
+HOSTILE_VALUES = [-1, 0, 1, 2, 3, 2.5, -0.5, 1e308, -1e308, float("nan"), float("inf"),
+                  10**30, True, False, None, "", "x", "cpu", [], [1, 2], {}, {"a": 1},
+                  _ndarray([1.0, 2.0]), _ndarray([0, 1], "int64"),
+                  _ndarray([[float("nan")] * 32] * 3)]
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_property_load_of_hostile_manifest_values(data, pairtunes, finetune, sines,
+                                                  tmp_path_factory):
+    """Any parameter or fitted value replaced by a hostile one: load refuses it with a
+    clean ValueError, or the model loads and transform/predict_proba give finite output
+    (or refuse cleanly)."""
+    X, _ = sines
+    model = data.draw(st.sampled_from([pairtunes[0], finetune]))
+    directory = tmp_path_factory.mktemp("hostile") / "m"
+    model.save(directory)
+    manifest = json.loads((directory / MANIFEST).read_text())
+    section = data.draw(st.sampled_from(["params", "fitted"]))
+    key = data.draw(st.sampled_from(sorted(manifest[section])))
+    manifest[section][key] = data.draw(st.sampled_from(HOSTILE_VALUES))
+    (directory / MANIFEST).write_text(json.dumps(manifest))
+    try:
+        loaded = type(model).load(directory)
+    except ValueError as exc:
+        assert_clean(exc, str(directory))
+        return
+    for method in ("transform", "predict_proba"):
+        if not hasattr(loaded, method):
+            continue
+        try:
+            out = getattr(loaded, method)(X)
+        except ValueError as exc:  # a value only the device or input can refuse
+            assert_clean(exc)
+            continue
+        assert out.shape[0] == len(X) and np.all(np.isfinite(out))
 
 
 def test_load_checks_config_sizes_against_the_header_before_allocating(pairtunes, tmp_path,
