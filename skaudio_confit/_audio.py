@@ -409,6 +409,7 @@ def check_targets(n_clips, y):
         )
     if hasattr(y, "to_numpy"):
         y = y.to_numpy()
+    raw = y  # before numpy turns [1, True] into [1, 1]
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         import warnings
@@ -451,7 +452,29 @@ def check_targets(n_clips, y):
                 "Unknown label type: continuous. y must hold class labels (integers or "
                 "strings), not continuous values."
             )
+    _warn_if_bools_mix_with_numbers(raw)
     return y
+
+
+def _warn_if_bools_mix_with_numbers(labels):
+    """Warn when labels mix bools and numbers: True == 1, so such classes merge."""
+    import warnings
+
+    if isinstance(labels, np.ndarray):
+        if labels.dtype != object or labels.ndim != 1:
+            return
+        labels = labels.tolist()
+    if not isinstance(labels, (list, tuple)):
+        return
+    is_bool = [isinstance(v, (bool, np.bool_)) for v in labels]
+    is_number = [isinstance(v, numbers.Number) and not b for v, b in zip(labels, is_bool)]
+    if any(is_bool) and any(is_number):
+        warnings.warn(
+            "y mixes booleans with numbers: True equals 1 and False equals 0, so they "
+            "are taken as the same classes (e.g. labels [1, True, 0, False] make 2 "
+            "classes). Use one type of label if they are meant to differ.",
+            UserWarning, stacklevel=3,
+        )
 
 
 def pad_to_length(wave, n_samples):

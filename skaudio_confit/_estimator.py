@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -47,6 +48,9 @@ class AudioEncoderMixin:
     and mean-pooled embeddings of a fitted ``backbone_``.
     """
 
+    # Whether training needs two clips of a class in a batch (contrastive objectives).
+    _needs_positive_pairs = False
+
     def _load_input(self, X, target_rate):
         return load_waveforms(X, sampling_rate=self.sampling_rate, target_rate=target_rate)
 
@@ -68,9 +72,14 @@ class AudioEncoderMixin:
 
     def _pretrained_backbone(self):
         backbone = load_backbone(self.backbone)
-        backbone.check_layer(self.layer)
+        self._check_backbone(backbone)
         if self.freeze_feature_encoder:
             backbone.freeze_feature_encoder()
+        return backbone
+
+    def _check_backbone(self, backbone):
+        """Raise ``ValueError`` if ``layer`` or ``max_duration`` do not suit ``backbone``."""
+        backbone.check_layer(self.layer)
         limit = getattr(backbone, "max_samples", None)
         if limit is not None and self.max_duration is not None:
             if self.max_duration * backbone.sampling_rate > limit:
@@ -78,7 +87,6 @@ class AudioEncoderMixin:
                     f"max_duration={self.max_duration} exceeds what this backbone can read "
                     f"in one window ({limit / backbone.sampling_rate:.0f} s)."
                 )
-        return backbone
 
     def _window_samples(self, backbone):
         """Window length: max_duration, or the backbone's limit if it has one."""
@@ -100,6 +108,9 @@ class AudioEncoderMixin:
         from tqdm.auto import tqdm
 
         check_is_fitted(self)
+        # Parameters may have changed since fit (set_params) or come from a file.
+        self._validate_params()
+        self._check_backbone(self.backbone_)
         self._check_input_shape(X)
         clips = as_clip_list(X)
         if len(clips) == 0:
@@ -147,6 +158,14 @@ class AudioEncoderMixin:
         if self.epochs > 0:
             train_idx, valid_idx = self._split_validation(len(waves), codes, rng)
             train_waves, train_codes = [waves[i] for i in train_idx], codes[train_idx]
+            if self._needs_positive_pairs and np.bincount(train_codes).max() < 2:
+                warnings.warn(
+                    f"Every class has a single training clip: {type(self).__name__}'s "
+                    "contrastive loss then has no positive pair of two different clips "
+                    "(only a clip and its own copy), so it cannot learn what the clips of "
+                    "a class share. Give classes at least 2 clips, or use "
+                    "FineTuneClassifier.", UserWarning, stacklevel=3,
+                )
             if validation_data is not None:
                 valid_waves, valid_codes = self._validation_clips(validation_data, classes,
                                                                   backbone)

@@ -118,6 +118,8 @@ class PairTuneTransformer(
     True
     """
 
+    _needs_positive_pairs = True
+
     _parameter_constraints = {
         **ENCODER_PARAMETER_CONSTRAINTS,
         "batch_size": [Interval(Integral, 2, None, closed="left")],

@@ -38,7 +38,15 @@ def _is_local(source):
 
 
 def _load_error(source, exc):
+    from huggingface_hub.errors import HFValidationError
+
     local = Path(source)
+    if isinstance(exc, HFValidationError):
+        # No network can help: the name is neither a directory nor a possible hub id.
+        return ValueError(
+            f"Could not load backbone {source!r}: it is not an existing local directory "
+            f"and not a valid hub model id ({exc})"
+        )
     if _is_local(source):
         if not local.exists():
             return FileNotFoundError(
@@ -202,6 +210,7 @@ def load_backbone(name_or_path=None):
     backbone : AudioBackbone
         In float32, in eval mode, on the CPU.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModel, WhisperModel
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
@@ -231,6 +240,17 @@ def load_backbone(name_or_path=None):
         raise
     except (OSError, ValueError) as exc:
         raise _load_error(source, exc) from None
+    except SafetensorError as exc:  # a truncated or corrupt weight file
+        raise ValueError(
+            f"Could not load backbone {source!r}: its safetensors weight file is damaged "
+            f"or truncated ({exc})."
+        ) from None
+    except ImportError as exc:  # e.g. config.json asking for flash_attention_2
+        raise ValueError(
+            f"Could not load backbone {source!r}: its config asks for a component that "
+            f"cannot be used here ({exc}). If config.json sets `_attn_implementation`, "
+            "remove that entry."
+        ) from None
     if info.get("missing_keys"):
         # A checkpoint whose weights do not fit the architecture would silently
         # leave random weights: refuse it.
