@@ -305,13 +305,41 @@ _SKLEARN_STEPS = {
 PIPELINE_MANIFEST = "pipeline.json"
 
 
-def save_pipeline(pipeline, directory):
+def check_save_target(directory, *, overwrite=False):
+    """Raise if saving into ``directory`` would clobber something; write nothing.
+
+    ``directory`` may be missing, empty, or a previous save of ours (it holds
+    ``pipeline.json`` or ``skaudio_confit.json``); anything else needs
+    ``overwrite=True``.
+
+    Raises
+    ------
+    FileExistsError
+        ``directory`` is a file, or a non-empty directory that is not a previous save
+        and ``overwrite`` is False.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"{str(directory)!r} exists and is not a directory.")
+    if (directory.is_dir() and not overwrite and any(directory.iterdir())
+            and not (directory / PIPELINE_MANIFEST).is_file()
+            and not (directory / MANIFEST).is_file()):
+        raise FileExistsError(
+            f"{str(directory)!r} is not empty and is not a saved skaudio-confit model; "
+            "refusing to write into it (pass overwrite=True, or --overwrite, to do so)."
+        )
+
+
+def save_pipeline(pipeline, directory, *, overwrite=False):
     """Write a fitted ``Pipeline`` of skaudio-confit estimators and known scikit-learn
     steps (LogisticRegression, StandardScaler) in the safe format (no pickle).
 
     Each audio-encoder step is saved with its own ``save`` into a sub-directory;
-    the other steps' parameters and fitted arrays go to ``pipeline.json``.
+    the other steps' parameters and fitted arrays go to ``pipeline.json``. A
+    non-empty ``directory`` that is not a previous save is refused unless
+    ``overwrite`` (see :func:`check_save_target`).
     """
+    check_save_target(directory, overwrite=overwrite)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     steps = []
