@@ -9,6 +9,12 @@ command line's ``--help`` start without loading torch, transformers or skorch.
 """
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for type checkers and the API docs; at run time, see __getattr__
+    from .finetune import FineTuneClassifier
+    from .heads import LinearHeadClassifier
+    from .pairtune import PairTuneTransformer
 
 __version__ = "0.1.0"
 
