@@ -214,6 +214,14 @@ def _encoder_params(args, *, pairtune):
     return params
 
 
+def _check_device(args):
+    """An unusable --device fails now, not after the data are loaded."""
+    if args.device is not None:
+        from ._device import resolve_device
+
+        resolve_device(args.device)
+
+
 def _pairtune_pipeline(sampling_rate, args):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
@@ -359,6 +367,7 @@ def _fit(args):
     from .persistence import save_pipeline
 
     _check_output_dir(args.out, args.overwrite)
+    _check_device(args)
     bunch = _load_data(args.data, args.group_column)
     held_out = None
     if args.test_fraction:
@@ -377,7 +386,12 @@ def _fit(args):
     model.fit(bunch.data, bunch.target)
     seconds = time.perf_counter() - start
     out = Path(args.out)
-    save_pipeline(model, out, overwrite=args.overwrite)
+    try:
+        save_pipeline(model, out, overwrite=args.overwrite)
+    except Exception as exc:
+        if _is_safetensors_error(exc):  # safetensors reports disk full and I/O errors so
+            raise CommandError(f"could not write the model to {str(out)!r}: {exc}") from None
+        raise
     (out / "MODEL_CARD.md").write_text(_model_card(args, bunch, model, seconds, held_out))
     _normalise_modes(out)
     print(f"fitted on all {len(bunch.target)} clips in {seconds:.1f} s; model saved to {out}")
@@ -446,6 +460,7 @@ def _evaluate(args):
 
     from . import FineTuneClassifier
 
+    _check_device(args)
     bunch = _load_data(args.data, args.group_column)
     X, y = bunch.data, bunch.target
     groups = None

@@ -232,6 +232,24 @@ def test_a_corrupt_checkpoint_gives_a_one_line_error(model_dir, audio_folder, tm
     assert len(err.splitlines()) == 1
 
 
+def test_a_weights_write_failure_gives_a_one_line_error(audio_folder, tiny_whisper_encoder_dir,
+                                                       tmp_path, monkeypatch, capsys):
+    from safetensors import SafetensorError
+
+    import skaudio_confit.persistence as persistence
+
+    def full(*args, **kwargs):  # what safetensors raises when the disk fills up
+        raise SafetensorError("Error while serializing: No space left on device (os error 28)")
+
+    monkeypatch.setattr(persistence, "save_pipeline", full)
+    out = tmp_path / "m"
+    assert main(["fit", str(audio_folder), "--out", str(out), "--backbone",
+                 str(tiny_whisper_encoder_dir), *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "could not write the model" in err and str(out) in err and "No space" in err
+    assert len(err.splitlines()) == 1
+
+
 def test_a_full_disk_gives_a_one_line_error(model_dir, audio_folder, tmp_path, monkeypatch,
                                             capsys):
     def no_space(path, *args, **kwargs):
@@ -305,6 +323,12 @@ def test_layer_and_device_reach_the_estimator(audio_folder, tiny_whisper_encoder
                  *FAST]) == 0
     params = load_pipeline(out).named_steps["pairtune"].get_params()
     assert params["layer"] == 1 and params["device"] == "cpu"
+
+
+def test_a_bad_device_fails_before_the_data_are_read(tmp_path, capsys):
+    assert main(["fit", str(tmp_path / "no-data"), "--out", str(tmp_path / "m"),
+                 "--device", "tpu"]) == 2
+    assert "device must be" in capsys.readouterr().err
 
 
 def test_unset_options_keep_the_estimators_defaults():
