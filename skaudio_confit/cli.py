@@ -49,11 +49,13 @@ def _check_output_dir(path, overwrite):
     """Refuse a model directory we would clobber or cannot write, before any work."""
     from .persistence import check_save_target
 
+    target = Path(path)
     try:
         check_save_target(path, overwrite=overwrite)
-    except FileExistsError as exc:
-        raise CommandError(f"--out: {exc}") from None
-    target = Path(path)
+    except (FileExistsError, NotADirectoryError) as exc:
+        hint = ("" if not target.is_dir() or "--overwrite" in str(exc)
+                else " Pass --overwrite to write into it anyway.")
+        raise CommandError(f"--out: {exc}{hint}") from None
     if target.is_dir():
         if not os.access(target, os.W_OK | os.X_OK):
             raise CommandError(f"cannot write into {str(target)!r}: it is not writable.")

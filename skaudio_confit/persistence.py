@@ -326,7 +326,7 @@ def check_save_target(directory, *, overwrite=False):
             and not (directory / MANIFEST).is_file()):
         raise FileExistsError(
             f"{str(directory)!r} is not empty and is not a saved skaudio-confit model; "
-            "refusing to write into it (pass overwrite=True, or --overwrite, to do so)."
+            "refusing to write into it (pass overwrite=True to do so)."
         )
 
 

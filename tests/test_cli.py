@@ -155,10 +155,13 @@ def test_fit_refuses_a_foreign_directory_before_any_work(audio_folder, tmp_path,
     # The data path does not even exist: the output is checked first.
     assert main(["fit", str(tmp_path / "no-data"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "not empty" in err and "--overwrite" in err and str(out) in err
+    assert err.startswith("skaudio-confit: error: --out") and str(out) in err
+    assert "--overwrite" in err and len(err.strip().splitlines()) == 1
     assert (out / "notes.txt").read_text() == "precious"
-    assert main(["fit", str(tmp_path / "out-file-data"), "--out", str(out / "notes.txt")]) == 2
-    assert "not a directory" in capsys.readouterr().err
+    assert main(["fit", str(tmp_path / "no-data"), "--out", str(out / "notes.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skaudio-confit: error: --out") and "notes.txt" in err
+    assert (out / "notes.txt").read_text() == "precious"
 
 
 def test_fit_overwrite_and_refit_into_a_previous_save(audio_folder, tiny_whisper_encoder_dir,
