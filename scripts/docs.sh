@@ -7,4 +7,4 @@ venv=$(bash "$root/scripts/env.sh")
 cd "$root"
 mkdir -p docs/assets/benchmarks
 cp benchmarks/results/*.png docs/assets/benchmarks/ 2>/dev/null || true
-NO_MKDOCS_2_WARNING=1 "$venv/bin/mkdocs" build --strict --site-dir "${SITE_DIR:-site}" "$@"
+NO_MKDOCS_2_WARNING=1 "$venv/bin/python" -m mkdocs build --strict --site-dir "${SITE_DIR:-site}" "$@"

@@ -3,12 +3,38 @@
 Stage 1, :class:`PairTuneTransformer`, fine-tunes a pretrained audio encoder with a
 supervised contrastive loss; its ``transform`` gives mean-pooled embeddings for a
 linear classifier (stage 2) in a scikit-learn ``Pipeline``.
+
+The estimators are imported on first use, so that ``import skaudio_confit`` and the
+command line's ``--help`` start without loading torch, transformers or skorch.
 """
 
-from .finetune import FineTuneClassifier
-from .heads import LinearHeadClassifier
-from .pairtune import PairTuneTransformer
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for type checkers and the API docs; at run time, see __getattr__
+    from .finetune import FineTuneClassifier
+    from .heads import LinearHeadClassifier
+    from .pairtune import PairTuneTransformer
 
 __version__ = "0.1.0"
 
+# Public name -> the module that defines it (imported on first attribute access).
+_LAZY = {
+    "FineTuneClassifier": ".finetune",
+    "LinearHeadClassifier": ".heads",
+    "PairTuneTransformer": ".pairtune",
+}
+
 __all__ = ["FineTuneClassifier", "LinearHeadClassifier", "PairTuneTransformer", "__version__"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -363,7 +363,7 @@ def _resample(clips, target_rate):
     return out
 
 
-def load_waveforms(X, *, sampling_rate, target_rate, first_index=0):
+def load_waveforms(X, *, sampling_rate, target_rate, first_index=0, warn_file_rates=False):
     """Validate ``X`` and return a list of mono float32 waveforms at ``target_rate``.
 
     Parameters
@@ -381,6 +381,9 @@ def load_waveforms(X, *, sampling_rate, target_rate, first_index=0):
     first_index : int, default=0
         Index of the first clip in error messages, when ``X`` is one chunk of a
         longer input.
+    warn_file_rates : bool, default=False
+        Warn when files are at a rate other than ``sampling_rate``: set when the user
+        gave ``sampling_rate`` explicitly, who may expect it to apply to files too.
 
     Returns
     -------
@@ -397,7 +400,26 @@ def load_waveforms(X, *, sampling_rate, target_rate, first_index=0):
             with_rates.append((*read_audio_file(clip), f"Audio file {os.fspath(clip)!r}"))
         else:
             with_rates.append((_to_mono_float(clip, i), sampling_rate, f"Clip {i}"))
+    if warn_file_rates:
+        _warn_file_rates(clips, with_rates, sampling_rate)
     return _resample(with_rates, target_rate)
+
+
+def _warn_file_rates(clips, with_rates, sampling_rate):
+    """Say once that ``sampling_rate`` did not apply to files at another rate."""
+    other = [(os.fspath(clip), rate) for clip, (_, rate, _) in zip(clips, with_rates)
+             if _is_path(clip) and rate != sampling_rate]
+    if other:
+        import warnings
+
+        rates = ", ".join(f"{r:g}" for r in sorted({rate for _, rate in other}))
+        warnings.warn(
+            f"sampling_rate={sampling_rate:g} applies to in-memory arrays only: "
+            f"{len(other)} audio file(s) are at {rates} Hz (e.g. {other[0][0]!r}) and were "
+            "read at their own rate. Nothing is wrong if that is what you meant; if the "
+            "arrays in X are not at sampling_rate either, their pitch and timing are off.",
+            UserWarning, stacklevel=4,
+        )
 
 
 def check_targets(n_clips, y):

@@ -50,9 +50,16 @@ class AudioEncoderMixin:
 
     # Whether training needs two clips of a class in a batch (contrastive objectives).
     _needs_positive_pairs = False
+    # Whether fit(X) with y=None and epochs=0 returns the frozen encoder (a transformer
+    # can; a classifier needs its classes).
+    _frozen_fit_without_labels = False
 
     def _load_input(self, X, target_rate):
-        return load_waveforms(X, sampling_rate=self.sampling_rate, target_rate=target_rate)
+        import inspect
+
+        default = inspect.signature(type(self).__init__).parameters["sampling_rate"].default
+        return load_waveforms(X, sampling_rate=self.sampling_rate, target_rate=target_rate,
+                              warn_file_rates=self.sampling_rate != default)
 
     def _record_input_shape(self, X):
         # n_features_in_ only means something for a 2-D array of equal-length clips.
@@ -144,6 +151,9 @@ class AudioEncoderMixin:
             raise ValueError("Pass validation_data or set validation_fraction, not both.")
         backbone = self._pretrained_backbone()
         waves = self._load_input(X, backbone.sampling_rate)
+        if y is None and self.epochs == 0 and self._frozen_fit_without_labels:
+            # The frozen baseline trains nothing, so it needs no labels.
+            return backbone.eval(), None, None, []
         y = check_targets(len(waves), y)
         classes, codes = encode_labels(y)
         if len(classes) < min_classes:
@@ -185,11 +195,24 @@ class AudioEncoderMixin:
                 learning_rate=self.learning_rate, weight_decay=self.weight_decay,
                 layer=self.layer, max_samples=max_samples(self.max_duration, backbone.sampling_rate),
                 device=device, gradient_checkpointing=self.gradient_checkpointing,
-                seed=seed, rng=rng, callbacks=callbacks, verbose=self.verbose, desc=desc,
+                seed=seed, rng=rng, callbacks=callbacks, verbose=self.verbose,
+                desc=self._fit_label(desc, len(train_waves)),
             )
             if monitor is not None:
                 monitor.restore_best()
         return backbone.eval(), objective.eval(), classes, history
+
+    def _fit_label(self, name, n_clips):
+        """How progress lines name this fit: the parameters that differ from the
+        defaults and the number of clips, so that the fits of a grid search or a
+        cross-validation can be told apart."""
+        from sklearn.utils._pprint import _changed_params
+
+        changed = {k: v for k, v in _changed_params(self).items()
+                   if k not in ("backbone", "device", "epochs", "verbose")}
+        shown = ", ".join(f"{k}={v!r}" if not hasattr(v, "shape") else f"{k}=..."
+                          for k, v in changed.items())
+        return f"{name}({shown}) on {n_clips} clips"
 
     def _validation_clips(self, validation_data, classes, backbone):
         """Waves and class codes of a user's ``(X_val, y_val)``."""

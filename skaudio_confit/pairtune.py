@@ -175,15 +175,19 @@ class PairTuneTransformer(
         self.random_state = random_state
         self.verbose = verbose
 
-    def fit(self, X, y, validation_data=None):
+    _frozen_fit_without_labels = True
+
+    def fit(self, X, y=None, validation_data=None):
         """Fine-tune the pretrained encoder on labelled clips.
 
         Parameters
         ----------
         X : list of array-like or path, or ndarray of shape (n_clips, n_samples)
             Clips of any length (arrays at ``sampling_rate``, or audio files).
-        y : array-like of shape (n_clips,)
-            Class labels (strings, integers or a mix); at least two classes.
+        y : array-like of shape (n_clips,) or None
+            Class labels (strings, integers or a mix); at least two classes. Only
+            with ``epochs=0`` (the frozen encoder, nothing trained) may it be None;
+            ``classes_`` is then not set.
         validation_data : tuple (X_val, y_val), default=None
             Held-out clips scored after every epoch (``valid_accuracy`` in
             ``history_``: nearest-centroid accuracy with the class centroids of the
@@ -208,7 +212,10 @@ class PairTuneTransformer(
         )
         # Fitted state is set only now, so a failed fit leaves a fitted model as it was.
         self.backbone_ = backbone
-        self.classes_ = classes
+        if classes is None:  # the frozen encoder fitted without labels
+            self.__dict__.pop("classes_", None)
+        else:
+            self.classes_ = classes
         self.history_ = history
         self._record_input_shape(X)
         return self
