@@ -131,13 +131,19 @@ def _history(value, path):
 OPTIONAL_ENCODER_ATTRIBUTES = ("n_features_in_",)
 
 
-def check_encoder_fitted(estimator, names, hidden_size, path):
-    """Validate the fitted attributes ``names`` that :func:`load_estimator` set."""
-    required = [a for a in names if a not in OPTIONAL_ENCODER_ATTRIBUTES]
+def check_encoder_fitted(estimator, names, hidden_size, path, optional=()):
+    """Validate the fitted attributes ``names`` that :func:`load_estimator` set.
+
+    ``optional`` names attributes that may be absent besides
+    ``OPTIONAL_ENCODER_ATTRIBUTES`` (e.g. ``classes_`` of a frozen fit without labels).
+    """
+    optional = OPTIONAL_ENCODER_ATTRIBUTES + tuple(optional)
+    required = [a for a in names if a not in optional]
     missing = [a for a in required if not hasattr(estimator, a)]
     if missing:
         raise _invalid(path, f"fitted attributes {missing} are missing.")
-    n_classes = _classes(estimator.classes_, path) if "classes_" in names else None
+    n_classes = (_classes(estimator.classes_, path)
+                 if "classes_" in names and hasattr(estimator, "classes_") else None)
     if "history_" in names:
         _history(estimator.history_, path)
     if hasattr(estimator, "n_features_in_"):

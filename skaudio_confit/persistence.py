@@ -391,8 +391,10 @@ def load_estimator(cls, directory):
             f"Saved weights in {str(directory)!r} do not fit the saved {model_type} backbone "
             "config: tensor names or shapes differ from what the config describes."
         ) from None
+    # A transformer fitted frozen without labels (epochs=0, y=None) has no classes_.
+    optional = ("classes_",) if cls._frozen_fit_without_labels else ()
     _load_checks.check_encoder_fitted(estimator, cls._json_fitted_attributes,
-                                      backbone.hidden_size, manifest_path)
+                                      backbone.hidden_size, manifest_path, optional)
     try:
         estimator._check_backbone(backbone)
     except ValueError as exc:
