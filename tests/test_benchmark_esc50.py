@@ -27,7 +27,7 @@ def fake_esc50(root, clips_per_fold=2, rate=8000):
                                                    ("siren", 2500)]):
             for take in "AB"[:clips_per_fold]:
                 name = f"{fold}-{100 * fold + target}-{take}-{target}.wav"
-                t = np.arange(int(0.25 * rate)) / rate
+                t = np.arange(int(0.1 * rate)) / rate
                 wave = 0.4 * np.sin(2 * np.pi * freq * t) + 0.02 * rng.standard_normal(t.size)
                 sf.write(str(root / "audio" / name), wave.astype(np.float32), rate, "PCM_16")
                 rows.append({"filename": name, "fold": fold, "target": target,

@@ -238,9 +238,23 @@ EXPECTED_FAILED_CHECKS = {
 
 @families
 @pytest.mark.parametrize("kind", sorted(ESTIMATORS))
-def test_sklearn_checks_pass_with_realistic_configs(family, kind):
+def test_sklearn_checks_pass_with_realistic_configs(family, kind, monkeypatch):
+    import copy
+
     from sklearn.utils.estimator_checks import check_estimator
 
+    from skaudio_confit import _estimator
+
+    # The checks fit a few hundred times: read the checkpoint once and give every fit
+    # a fresh copy of the pretrained model (what reading it again would give).
+    pretrained = {}
+
+    def load_once(source):
+        if source not in pretrained:
+            pretrained[source] = load_backbone(source)
+        return copy.deepcopy(pretrained[source])
+
+    monkeypatch.setattr(_estimator, "load_backbone", load_once)
     estimator = make(kind, family, epochs=1, batch_size=32)  # few steps: fast
     results = check_estimator(estimator, expected_failed_checks=EXPECTED_FAILED_CHECKS[kind],
                               on_fail=None)
