@@ -263,3 +263,14 @@ def test_sklearn_checks_pass_with_realistic_configs(family, kind, monkeypatch):
     assert not failed, [(r["check_name"], str(r["exception"])[:300]) for r in results
                         if r["status"] == "failed"]
     assert len(passed) >= 40, len(passed)
+
+
+def test_models_saved_before_spec_augment_existed_load_with_its_default():
+    import json
+    from pathlib import Path
+
+    format1 = Path(__file__).resolve().parent / "fixtures" / "pairtune_format1"
+    manifest = json.loads((format1 / "skaudio_confit.json").read_text())
+    assert "spec_augment" not in manifest["params"]
+    model = PairTuneTransformer.load(format1)
+    assert model.get_params()["spec_augment"] == "auto"
