@@ -255,7 +255,9 @@ def test_sklearn_checks_pass_with_realistic_configs(family, kind, monkeypatch):
         return copy.deepcopy(pretrained[source])
 
     monkeypatch.setattr(_estimator, "load_backbone", load_once)
-    estimator = make(kind, family, epochs=1, batch_size=32)  # few steps: fast
+    # Large batches: few training steps per fit, so the checks' many fits stay fast.
+    large = {"samples_per_class": 16} if kind == "pairtune" else {}
+    estimator = make(kind, family, epochs=1, batch_size=32, **large)
     results = check_estimator(estimator, expected_failed_checks=EXPECTED_FAILED_CHECKS[kind],
                               on_fail=None)
     failed = [r["check_name"] for r in results if r["status"] == "failed"]
