@@ -152,15 +152,15 @@ def test_spec_augment_changes_the_fit_and_false_turns_it_off():
     assert off.get_params()["spec_augment"] is False
 
 
-def test_spec_augment_true_on_whisper_is_a_clear_error(tmp_path):
+def test_spec_augment_true_on_whisper_is_a_clear_error():
     X, y = short_and_long_clips()
     with pytest.raises(ValueError, match="spec_augment=True, but the whisper encoder"):
         PairTuneTransformer(spec_augment=True, **FAST).fit(X, y)
 
 
 def test_spec_augment_true_needs_masks_in_the_config(tmp_path):
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
     from conftest import realistic_config
+    from transformers import Wav2Vec2Model
 
     config = realistic_config("wav2vec2_base")
     config.mask_time_prob = 0.0
