@@ -23,6 +23,15 @@ Usage::
     python benchmarks/speed.py [--clips 500] [--repeats 3] [--device cpu|cuda]
 
 Writes ``benchmarks/results/speed.{md,json}``.
+
+A separate, self-contained section (``--group-norm``, which runs only it) measures
+inference of a group-norm wav2vec2 (the wav2vec2-base architecture, randomly
+initialised: nothing is downloaded) on FSDD clips of mixed lengths: the conv stack
+run per clip with the transformer batched (the adapter's way) against batching only
+clips of exactly the same length (the former way, one clip at a time on real data).
+Writes ``benchmarks/results/speed_group_norm.{md,json}``::
+
+    python benchmarks/speed.py --group-norm [--gn-clips 64] [--gn-size base|tiny]
 """
 
 from __future__ import annotations
@@ -305,6 +314,89 @@ def report(results, args, seconds):
     return "\n".join(lines)
 
 
+def group_norm_inference(args):
+    """Per-clip conv + batched transformer vs exact-length batches (one clip at a time)."""
+    import torch
+    from transformers import Wav2Vec2Config
+
+    from skaudio_confit._audio import load_waveforms
+    from skaudio_confit._pooling import embed_waveforms
+    from skaudio_confit.backbones import build_backbone
+
+    clips, _, rate = fsdd_clips(args.gn_clips, seed=1)
+    waves = load_waveforms(clips, sampling_rate=rate, target_rate=16000)
+    sizes = {  # Wav2Vec2Config's defaults are the wav2vec2-base architecture
+        "base": {},
+        "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                 "intermediate_size": 128, "conv_dim": (64,) * 7},
+    }
+    config = Wav2Vec2Config(feat_extract_norm="group", **sizes[args.gn_size])
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        backbone = build_backbone(config).eval()
+    device = torch.device(args.device)
+    backbone.to(device)
+    assert backbone.conv_per_clip and backbone.padding_invariant
+
+    def per_clip_conv():
+        return embed_waveforms(backbone, waves, batch_size=args.gn_batch_size, device=device)
+
+    def exact_length_only():
+        backbone.conv_per_clip, backbone.padding_invariant = False, False
+        try:
+            return embed_waveforms(backbone, waves, batch_size=args.gn_batch_size,
+                                   device=device)
+        finally:
+            backbone.conv_per_clip, backbone.padding_invariant = True, True
+
+    new, old = per_clip_conv(), exact_length_only()  # warm-up, and the exactness check
+    seconds = {"per-clip conv, batched transformer": best_of(per_clip_conv, args.repeats),
+               "exact-length batches": best_of(exact_length_only, args.repeats)}
+    lengths = np.array([len(w) for w in waves]) / 16000
+    return {
+        "clips": len(waves),
+        "distinct lengths": int(len(np.unique([len(w) for w in waves]))),
+        "seconds per clip": [float(lengths.min()), float(np.median(lengths)),
+                             float(lengths.max())],
+        "size": args.gn_size,
+        "parameters": sum(p.numel() for p in backbone.parameters()),
+        "batch_size": args.gn_batch_size,
+        "device": str(device),
+        "seconds": seconds,
+        "speed-up": seconds["exact-length batches"]
+        / seconds["per-clip conv, batched transformer"],
+        "max abs difference": float(np.abs(new - old).max()),
+        "max abs embedding": float(np.abs(old).max()),
+    }
+
+
+def group_norm_report(result, args):
+    rows = [[name, f"{t:.2f}", f"{result['clips'] / t:.1f}"]
+            for name, t in result["seconds"].items()]
+    lo, med, hi = result["seconds per clip"]
+    return "\n".join([
+        "# Group-norm wav2vec2 inference on clips of mixed lengths",
+        "",
+        f"Measured {result['date']} on {result['machine']['cpu']} "
+        f"({result['machine']['cpu_count']} cores, torch threads "
+        f"{result['machine']['torch_threads']}, load average at start "
+        f"{result['machine'].get('load_average_at_start')}), device {result['device']}. "
+        "Timings are the best of "
+        f"{args.repeats} runs, both methods side by side in one process.",
+        "",
+        f"Model: wav2vec2 with a group-norm feature encoder, {result['size']} size "
+        f"({result['parameters'] / 1e6:.1f} M parameters, random weights). Data: "
+        f"{result['clips']} FSDD clips ({result['distinct lengths']} distinct lengths, "
+        f"{lo:.2f}-{hi:.2f} s, median {med:.2f} s), batch size {result['batch_size']}.",
+        "",
+        _common.markdown_table(["method", "seconds", "clips/s"], rows),
+        "",
+        f"Speed-up: **{result['speed-up']:.2f}x**. The embeddings of the two methods "
+        f"differ by at most {result['max abs difference']:.1e} (largest embedding "
+        f"value {result['max abs embedding']:.2f}): float rounding, the scheme is exact.",
+    ])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=500)
@@ -317,11 +409,24 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads for every method (default: torch's)")
     parser.add_argument("--output-dir", type=Path, default=_common.RESULTS_DIR)
+    parser.add_argument("--group-norm", action="store_true",
+                        help="run only the group-norm wav2vec2 inference comparison")
+    parser.add_argument("--gn-clips", type=int, default=64)
+    parser.add_argument("--gn-size", choices=["base", "tiny"], default="base")
+    parser.add_argument("--gn-batch-size", type=int, default=16)
     args = parser.parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.group_norm:
+        result = {"date": _common.now(), "machine": _common.machine(args.device),
+                  "args": vars(args), **group_norm_inference(args)}
+        _common.write_json(args.output_dir / "speed_group_norm.json", result)
+        _common.write_text(args.output_dir / "speed_group_norm.md",
+                           group_norm_report(result, args))
+        print((args.output_dir / "speed_group_norm.md").read_text())
+        return
     start = time.perf_counter()
     results = {"date": _common.now(), "machine": _common.machine(args.device),
                "args": vars(args)}

@@ -7,7 +7,8 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.utils._param_validation import Interval
+import torch
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._audio import as_clip_list, check_targets, load_waveforms, max_samples
@@ -29,6 +30,7 @@ ENCODER_PARAMETER_CONSTRAINTS = {
     "layer": [Integral],
     "freeze_feature_encoder": ["boolean"],
     "gradient_checkpointing": ["boolean"],
+    "spec_augment": [StrOptions({"auto"}), "boolean"],
     "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
     "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
     "device": [str],
@@ -80,6 +82,7 @@ class AudioEncoderMixin:
     def _pretrained_backbone(self):
         backbone = load_backbone(self.backbone)
         self._check_backbone(backbone)
+        backbone.set_spec_augment(self.spec_augment)
         if self.freeze_feature_encoder:
             backbone.freeze_feature_encoder()
         return backbone
@@ -149,7 +152,10 @@ class AudioEncoderMixin:
         as_clip_list(X)  # input-kind errors before the (slower) backbone load
         if validation_data is not None and self.validation_fraction is not None:
             raise ValueError("Pass validation_data or set validation_fraction, not both.")
-        backbone = self._pretrained_backbone()
+        # Weight initialisation while loading and building the head draws from torch's
+        # global generator: keep the caller's state (training forks and seeds its own).
+        with torch.random.fork_rng(devices=[]):
+            backbone = self._pretrained_backbone()
         waves = self._load_input(X, backbone.sampling_rate)
         if y is None and self.epochs == 0 and self._frozen_fit_without_labels:
             # The frozen baseline trains nothing, so it needs no labels.
@@ -163,7 +169,8 @@ class AudioEncoderMixin:
             )
         device = resolve_device(self.device)
         seed, rng = seeds_from(self.random_state)
-        objective = make_objective(backbone, len(classes))
+        with torch.random.fork_rng(devices=[]):
+            objective = make_objective(backbone, len(classes))
         history = []
         if self.epochs > 0:
             train_idx, valid_idx = self._split_validation(len(waves), codes, rng)

@@ -117,7 +117,9 @@ def train_encoder(
     max_samples : int or None
         Clips longer than this are randomly cropped to it, anew each epoch.
     seed : int
-        Seeds torch (head initialisation, dropout, masking) for this run only.
+        Seeds torch (head initialisation, dropout, LayerDrop) and the SpecAugment
+        masks (``backbone.mask_rng``) for this run only; global RNG states are left
+        as they were.
     rng : numpy.random.Generator
         Draws the batches and crops.
     callbacks : sequence
@@ -184,6 +186,9 @@ def _train_encoder(backbone, objective, waves, codes, *, batch_plan, epochs, lea
     try:
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(seed)
+            # SpecAugment masks come from this fit's own stream (one per rank), never
+            # from the global np.random that transformers would use.
+            backbone.mask_rng = np.random.default_rng([seed, rank])
             # Heads are (re)initialised under the seed so fits are reproducible.
             for module in objective.modules():
                 if isinstance(module, torch.nn.Linear):
@@ -213,6 +218,7 @@ def _train_encoder(backbone, objective, waves, codes, *, batch_plan, epochs, lea
                 if stop:
                     break
     finally:
+        backbone.mask_rng = None
         del model  # a DistributedDataParallel wrapper lets go of the modules
         optimizer.zero_grad(set_to_none=True)  # a fitted model keeps no gradients
         if gradient_checkpointing:

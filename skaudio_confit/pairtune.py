@@ -78,6 +78,13 @@ class PairTuneTransformer(
         Keep the convolutional feature encoder fixed (the paper tunes end to end).
     gradient_checkpointing : bool, default=False
         Trade compute for memory in training.
+    spec_augment : "auto" or bool, default="auto"
+        SpecAugment in training (masked time spans and feature channels of the
+        wav2vec2 family): "auto" follows the checkpoint's config (on for
+        wav2vec2/HuBERT/WavLM/data2vec-audio base checkpoints, as they were
+        fine-tuned), True applies the config's masks even where it switches them
+        off, False never masks. Masks come from ``random_state``. The Whisper
+        encoder has none ("auto" and False do nothing, True is an error).
     validation_fraction : float or None, default=None
         Fraction of the training clips held out (stratified) to score each epoch, as
         with ``fit(..., validation_data=...)``. None: no validation.
@@ -148,6 +155,7 @@ class PairTuneTransformer(
         layer=-1,
         freeze_feature_encoder=False,
         gradient_checkpointing=False,
+        spec_augment="auto",
         validation_fraction=None,
         n_iter_no_change=None,
         device="auto",
@@ -169,6 +177,7 @@ class PairTuneTransformer(
         self.layer = layer
         self.freeze_feature_encoder = freeze_feature_encoder
         self.gradient_checkpointing = gradient_checkpointing
+        self.spec_augment = spec_augment
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.device = device

@@ -263,3 +263,96 @@ def tiny_whisper_checkpoint():
         torch.manual_seed(0)
         WhisperEncoder(WhisperConfig(**TINY_WHISPER_KWARGS)).save_pretrained(path)
     return path
+
+
+# --------------------------------------------------------------------------------------
+# Tiny models whose configs behave like the real base checkpoints
+# --------------------------------------------------------------------------------------
+
+# Scaled-down size, shared by every family: hidden 32, 2 layers, and the base models'
+# conv pattern (a wide first kernel with stride 5, then kernels 3 and 2 with stride 2)
+# cut from 7 layers to 3: receptive field 30 samples, stride 20 samples (the real
+# ones: 400 and 320), so a 10-frame mask span covers about 200 samples.
+REALISTIC_SIZE = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "conv_dim": (16, 16, 16),
+    "conv_kernel": (10, 3, 2),
+    "conv_stride": (5, 2, 2),
+    "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 2,
+    "vocab_size": 8,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+REALISTIC_RECEPTIVE_FIELD = 30
+
+# The behaviour-relevant fields of the real base checkpoints. The hub configs cannot
+# be downloaded here; the values are those of transformers' config classes, whose
+# defaults its documentation says reproduce these checkpoints (Wav2Vec2Config:
+# facebook/wav2vec2-base-960h, same architecture and recipe as wav2vec2-base;
+# HubertConfig: facebook/hubert-base-ls960; WavLMConfig: microsoft/wavlm-base;
+# Data2VecAudioConfig: facebook/data2vec-audio-base-960h), written out here so that a
+# change of a library default cannot silently change what is tested. The "large"
+# wav2vec2 row follows the stable-layer-norm architecture of wav2vec2-large-lv60
+# (layer-norm conv stack with conv biases, pre-norm transformer), as described in
+# transformers' Wav2Vec2Config docstring.
+SPEC_AUGMENT_OF_BASE_CHECKPOINTS = {
+    "apply_spec_augment": True,
+    "mask_time_prob": 0.05,
+    "mask_time_length": 10,
+    "mask_time_min_masks": 2,
+    "mask_feature_prob": 0.0,
+    "mask_feature_length": 10,
+    "mask_feature_min_masks": 0,
+    "layerdrop": 0.1,
+    "hidden_dropout": 0.1,
+    "attention_dropout": 0.1,
+    "activation_dropout": 0.1,
+}
+REALISTIC_CONFIGS = {
+    "wav2vec2_base": ("Wav2Vec2", {"feat_extract_norm": "group",
+                                   "do_stable_layer_norm": False, "conv_bias": False}),
+    "wav2vec2_large_lv60": ("Wav2Vec2", {"feat_extract_norm": "layer",
+                                         "do_stable_layer_norm": True, "conv_bias": True}),
+    "hubert_base": ("Hubert", {"feat_extract_norm": "group", "do_stable_layer_norm": False,
+                               "conv_bias": False, "feat_proj_layer_norm": True}),
+    "wavlm_base": ("WavLM", {"feat_extract_norm": "group", "do_stable_layer_norm": False,
+                             "conv_bias": False, "num_buckets": 320,
+                             "max_bucket_distance": 800}),
+    # data2vec-audio's conv stack is always layer-norm; 5 positional conv layers of
+    # kernel 19 in the real model, 2 of kernel 5 here.
+    "data2vec_audio_base": ("Data2VecAudio", {"conv_bias": False,
+                                              "num_conv_pos_embeddings": 2,
+                                              "conv_pos_kernel_size": 5}),
+}
+
+
+def realistic_config(family):
+    """The tiny config of ``family`` (a key of ``REALISTIC_CONFIGS``)."""
+    import transformers
+
+    prefix, fields = REALISTIC_CONFIGS[family]
+    config_class = getattr(transformers, f"{prefix}Config")
+    return config_class(**{**REALISTIC_SIZE, **SPEC_AUGMENT_OF_BASE_CHECKPOINTS, **fields})
+
+
+@functools.lru_cache(maxsize=None)
+def realistic_checkpoint(family):
+    """A tiny random ``family`` model saved with ``save_pretrained``, once per session.
+
+    A plain function (not a fixture) so that ``parametrize_with_checks`` can use it
+    at collection time; the directory is removed at exit.
+    """
+    import transformers
+
+    prefix, _ = REALISTIC_CONFIGS[family]
+    path = tempfile.mkdtemp(prefix=f"skaudio_confit_{family}_")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(sorted(REALISTIC_CONFIGS).index(family))
+        getattr(transformers, f"{prefix}Model")(realistic_config(family)).save_pretrained(path)
+    return path

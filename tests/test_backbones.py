@@ -36,14 +36,15 @@ SR = 16000
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-# What each tiny checkpoint must report. Group-norm feature encoders (wav2vec2-base,
-# HuBERT, WavLM defaults) and data2vec-audio's stacked positional convs depend on
-# padding; layer-norm wav2vec2 and Whisper (masked by the adapter) do not.
+# What each tiny checkpoint must report. data2vec-audio's stacked positional convs
+# depend on padding; group-norm feature encoders (wav2vec2-base, HuBERT, WavLM
+# defaults) run clip by clip in the adapter, so they, layer-norm wav2vec2 and Whisper
+# (masked by the adapter) do not.
 EXPECTED = {
-    "tiny_wav2vec2_group_dir": ("wav2vec2", Wav2Vec2FamilyBackbone, False),
+    "tiny_wav2vec2_group_dir": ("wav2vec2", Wav2Vec2FamilyBackbone, True),
     "tiny_wav2vec2_layer_dir": ("wav2vec2", Wav2Vec2FamilyBackbone, True),
-    "tiny_hubert_dir": ("hubert", Wav2Vec2FamilyBackbone, False),
-    "tiny_wavlm_dir": ("wavlm", Wav2Vec2FamilyBackbone, False),
+    "tiny_hubert_dir": ("hubert", Wav2Vec2FamilyBackbone, True),
+    "tiny_wavlm_dir": ("wavlm", Wav2Vec2FamilyBackbone, True),
     "tiny_data2vec_audio_dir": ("data2vec-audio", Wav2Vec2FamilyBackbone, False),
     "tiny_whisper_encoder_dir": ("whisper", WhisperEncoderBackbone, True),
     "tiny_whisper_full_dir": ("whisper", WhisperEncoderBackbone, True),
@@ -361,13 +362,24 @@ def test_padding_invariant_flag_is_truthful(name, loaded):
         assert error > 1e-4
 
 
-def test_group_norm_needs_exact_length_batches(loaded):
-    """Padding a group-norm wav2vec2 batch changes embeddings; bucketing avoids it."""
-    backbone = loaded("tiny_wav2vec2_group_dir")
-    assert not backbone.padding_invariant
+@pytest.mark.parametrize("name", ["tiny_wav2vec2_group_dir", "tiny_hubert_dir",
+                                  "tiny_wavlm_dir"])
+def test_group_norm_conv_runs_per_clip_and_the_transformer_batched(name, loaded):
+    """Padding a group-norm conv stack changes its output; the adapter runs it clip by
+    clip, batches the rest with an attention mask, and equals each clip alone."""
+    backbone = loaded(name)
+    assert backbone.conv_per_clip and backbone.padding_invariant
     waves = random_clips([800, 1600, 3000, 4800], seed=9)
-    assert padded_batch_error(backbone, waves) > 1e-4
+    with torch.inference_mode():
+        # The naive way: the whole model on a zero-padded batch, no attention mask.
+        values = backbone.featurize(waves)["input_values"]
+        naive = backbone.model(values).last_hidden_state
     alone = np.stack([embed_waveforms(backbone, [w])[0] for w in waves])
+    assert np.abs(naive[0].mean(0).numpy() - alone[0]).max() > 1e-4
+    assert padded_batch_error(backbone, waves) < 1e-5
+    batches = length_batches([len(w) for w in waves], 4,
+                             exact_length=not backbone.padding_invariant)
+    assert len(batches) == 1  # mixed lengths share one batch
     np.testing.assert_allclose(
         embed_waveforms(backbone, waves), alone, rtol=0, atol=1e-5
     )
@@ -650,3 +662,62 @@ def test_whisper_batched_featurize_equals_each_clips_own_log_mel(tiny_whisper_en
         np.testing.assert_allclose(features[i, :, : own.shape[1]].numpy(), own.numpy(),
                                    atol=1e-5)
         assert not features[i, :, own.shape[1]:].any()
+
+
+# --------------------------------------------------------------------------------------
+# Weights that do not fit their config
+# --------------------------------------------------------------------------------------
+
+
+def edit_config(path, **changes):
+    config = json.loads((path / "config.json").read_text())
+    config.update(changes)
+    (path / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("name", ["tiny_wav2vec2_group_dir", "tiny_whisper_encoder_dir",
+                                  "tiny_whisper_full_dir"])
+def test_checkpoint_with_more_layers_than_its_config_is_refused(name, request, tmp_path):
+    path = tmp_path / "model"
+    shutil.copytree(request.getfixturevalue(name), path)
+    key = "encoder_layers" if "whisper" in name else "num_hidden_layers"
+    edit_config(path, **{key: 1})
+    with pytest.raises(ValueError) as info:
+        load_backbone(path)
+    message = str(info.value)
+    assert "the weights do not fit its" in message
+    assert "have no place in the encoder" in message and "layers.1." in message
+    assert f"{key}=1" in message
+    assert "above report" not in message
+
+
+def test_checkpoint_with_another_hidden_size_is_refused(tiny_wav2vec2_layer_dir, tmp_path):
+    path = tmp_path / "model"
+    shutil.copytree(tiny_wav2vec2_layer_dir, path)
+    edit_config(path, hidden_size=48)
+    with pytest.raises(ValueError, match=r"have another shape than the config describes "
+                                         r"\(e\.g\. .*\(32.*\) in the checkpoint, \(48"):
+        load_backbone(path)
+
+
+def test_heads_of_pretraining_and_ctc_checkpoints_are_dropped(tmp_path, loaded):
+    """Unexpected weights of heads (quantizer, lm_head) are normal: they load."""
+    from transformers import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
+
+    config = loaded("tiny_wav2vec2_group_dir").config
+    for cls in (Wav2Vec2ForPreTraining, Wav2Vec2ForCTC):
+        torch.manual_seed(0)
+        full = cls(config)
+        full.save_pretrained(tmp_path / cls.__name__)
+        backbone = load_backbone(tmp_path / cls.__name__)
+        for key, value in full.wav2vec2.state_dict().items():
+            torch.testing.assert_close(backbone.model.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_truncated_weights_file_is_named(tiny_hubert_dir, tmp_path):
+    path = tmp_path / "model"
+    shutil.copytree(tiny_hubert_dir, path)
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"model\.safetensors' is damaged or truncated"):
+        load_backbone(path)

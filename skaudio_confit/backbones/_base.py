@@ -31,8 +31,13 @@ class AudioBackbone(nn.Module):
         are zero-padded to it.
     padding_invariant : bool
         Whether a clip's output is unchanged when it is zero-padded inside a batch.
-        When False (group-norm feature encoders), clips are only batched with clips
-        of exactly the same length.
+        When False, clips are only batched with clips of exactly the same length.
+    spec_augment : SpecAugment or None
+        The masking applied in training (see :meth:`set_spec_augment`); None masks
+        nothing.
+    mask_rng : numpy.random.Generator or None
+        Where training draws its masks from; set by the training loop for one fit.
+        Without it nothing is masked, so masks never come from global state.
     """
 
     sampling_rate: int
@@ -40,6 +45,8 @@ class AudioBackbone(nn.Module):
     num_layers: int
     min_samples: int
     padding_invariant: bool
+    spec_augment = None
+    mask_rng = None
 
     def __init__(self, model):
         super().__init__()
@@ -58,6 +65,20 @@ class AudioBackbone(nn.Module):
                 f"({n} transformer layers), got {layer!r}."
             )
         return layer % (n + 1)
+
+    def set_spec_augment(self, mode):
+        """Choose the masking applied in training: ``"auto"``, True or False.
+
+        ``"auto"`` follows the checkpoint's config, True asks for its masks even where
+        the config switches them off, False masks nothing. This adapter has no
+        SpecAugment (Whisper's encoder is trained without it): True is an error.
+        """
+        if _is_true(mode):
+            raise ValueError(
+                f"spec_augment=True, but the {self.config.model_type} encoder has no "
+                "SpecAugment in this package; use 'auto' or False."
+            )
+        self.spec_augment = None
 
     def featurize(self, waves):
         """Turn a list of float32 waveforms (at ``sampling_rate``) into a padded batch.
@@ -88,6 +109,10 @@ class AudioBackbone(nn.Module):
         # (and gradient checkpointing) when this flag is off.
         if hasattr(module, "_requires_grad"):
             module._requires_grad = False
+
+
+def _is_true(mode):
+    return not isinstance(mode, str) and bool(mode)
 
 
 def batch_to(batch, device):

@@ -167,6 +167,54 @@ def _wrap(model, do_normalize):
     return Wav2Vec2FamilyBackbone(model, do_normalize=do_normalize)
 
 
+def _weight_files(source):
+    """The weight files of a local checkpoint directory."""
+    local = Path(source)
+    return sorted(f for pattern in ("*.safetensors", "*.bin") for f in local.glob(pattern))
+
+
+def _check_loading_info(source, config, model, info):
+    """Refuse weights that do not fit the config (``output_loading_info`` of loading).
+
+    Missing weights, weights of another shape, and extra weights that belong to the
+    encoder itself (more layers than the config has) would each leave a model other
+    than the one saved. Extra weights of heads (a pre-training quantizer, a CTC
+    ``lm_head``, Whisper's decoder) are expected and dropped.
+    """
+    problems = []
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        problems.append(f"{len(missing)} weights of the encoder are missing from the "
+                        f"checkpoint (e.g. {missing[:3]})")
+    mismatched = sorted(info.get("mismatched_keys") or [], key=lambda m: m[0])
+    if mismatched:
+        name, saved, expected = mismatched[0]
+        problems.append(
+            f"{len(mismatched)} weights have another shape than the config describes "
+            f"(e.g. {name}: {tuple(saved)} in the checkpoint, {tuple(expected)} for a "
+            f"hidden_size of {getattr(config, 'hidden_size', getattr(config, 'd_model', '?'))})"
+        )
+    own = {name for name, _ in model.named_children()}
+    own |= {name for name, _ in model.named_parameters(recurse=False)}
+    extra = sorted(k for k in info.get("unexpected_keys") or [] if k.split(".")[0] in own)
+    if extra:
+        problems.append(
+            f"{len(extra)} weights of the checkpoint have no place in the encoder its "
+            f"config describes (e.g. {extra[:3]}; more layers than "
+            f"{_layer_count(config)}?)"
+        )
+    if problems:
+        raise ValueError(
+            f"Backbone {source!r}: the weights do not fit its {config.model_type} config: "
+            + "; ".join(problems) + ". Does config.json belong to these weights?"
+        )
+
+
+def _layer_count(config):
+    key = "encoder_layers" if config.model_type == "whisper" else "num_hidden_layers"
+    return f"{key}={getattr(config, key, '?')}"
+
+
 @contextlib.contextmanager
 def _quiet_transformers():
     """Silence transformers' own progress bars and load reports while loading."""
@@ -215,49 +263,45 @@ def load_backbone(name_or_path=None):
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     source, config = load_config(name_or_path)
+    # Mismatched shapes are reported below, by name; without this transformers raises
+    # a bare "look at the above report!" after a report that we keep quiet.
+    kwargs = {"dtype": torch.float32, "output_loading_info": True,
+              "ignore_mismatched_sizes": True}
     try:
         with _quiet_transformers():
             if config.model_type == "whisper":
                 if "WhisperEncoder" in (config.architectures or []):
-                    model, info = _from_pretrained(
-                        WhisperEncoder.from_pretrained, source, dtype=torch.float32,
-                        output_loading_info=True,
-                    )
+                    model, info = _from_pretrained(WhisperEncoder.from_pretrained, source,
+                                                   **kwargs)
+                    checked = model
                 else:  # a full Whisper checkpoint: keep the encoder, drop the decoder
-                    full, info = _from_pretrained(
-                        WhisperModel.from_pretrained, source, dtype=torch.float32,
-                        output_loading_info=True,
-                    )
-                    model = full.get_encoder()
+                    checked, info = _from_pretrained(WhisperModel.from_pretrained, source,
+                                                     **kwargs)
+                    model = checked.get_encoder()
                 do_normalize = True
             else:
-                model, info = _from_pretrained(
-                    AutoModel.from_pretrained, source, dtype=torch.float32,
-                    output_loading_info=True,
-                )
+                model, info = _from_pretrained(AutoModel.from_pretrained, source, **kwargs)
+                checked = model
                 do_normalize = _do_normalize(source)
     except HubUnavailableError:
         raise
     except (OSError, ValueError) as exc:
         raise _load_error(source, exc) from None
-    except SafetensorError as exc:  # a truncated or corrupt weight file
-        raise ValueError(
-            f"Could not load backbone {source!r}: its safetensors weight file is damaged "
-            f"or truncated ({exc})."
-        ) from None
     except ImportError as exc:  # e.g. config.json asking for flash_attention_2
         raise ValueError(
             f"Could not load backbone {source!r}: its config asks for a component that "
             f"cannot be used here ({exc}). If config.json sets `_attn_implementation`, "
             "remove that entry."
         ) from None
-    if info.get("missing_keys"):
-        # A checkpoint whose weights do not fit the architecture would silently
-        # leave random weights: refuse it.
-        missing = sorted(info["missing_keys"])
+    except Exception as exc:  # SafetensorError, torch.load: an unreadable weights file
+        if not _is_local(source) and not isinstance(exc, SafetensorError):
+            raise
+        files = (", ".join(repr(str(f)) for f in _weight_files(source))
+                 if _is_local(source) else "") or "its weights file"
         raise ValueError(
-            f"Backbone {source!r}: {len(missing)} weights of the {config.model_type} "
-            f"encoder are missing from the checkpoint (e.g. {missing[:3]})."
-        )
+            f"Could not read the weights of backbone {source!r}: {files} is damaged or "
+            f"truncated ({exc})."
+        ) from None
+    _check_loading_info(source, config, checked, info)
     backbone = _wrap(model, do_normalize)
     return backbone.eval()

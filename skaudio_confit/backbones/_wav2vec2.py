@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import numpy as np
 import torch
+from torch import nn
 
-from ._base import AudioBackbone
+from ._base import AudioBackbone, _is_true
+from ._spec_augment import SpecAugment
 
 
 class Wav2Vec2FamilyBackbone(AudioBackbone):
@@ -14,6 +19,12 @@ class Wav2Vec2FamilyBackbone(AudioBackbone):
     The front end normalises each clip to zero mean and unit variance over its own
     samples (as ``Wav2Vec2FeatureExtractor(do_normalize=True)`` does) unless the
     checkpoint's feature extractor says otherwise, then zero-pads the batch.
+
+    A group-norm feature encoder (wav2vec2-base, HuBERT, WavLM) normalises over the
+    whole time axis, padding included, so it runs on each clip alone (it is cheap);
+    the padded conv features then go through the transformer as one batch with an
+    attention mask, which is exact. SpecAugment masks, when on, are drawn from
+    :attr:`mask_rng` (:mod:`._spec_augment`), never from the global ``np.random``.
     """
 
     def __init__(self, model, do_normalize=True):
@@ -23,9 +34,10 @@ class Wav2Vec2FamilyBackbone(AudioBackbone):
         self.sampling_rate = 16000
         self.hidden_size = int(config.hidden_size)
         self.num_layers = int(config.num_hidden_layers)
-        # Group norm in the first conv layer normalises over the padded time axis,
-        # so padding changes a clip's output; layer norm is per frame.
-        self.padding_invariant = getattr(config, "feat_extract_norm", "layer") == "layer"
+        # Group norm in the first conv layer normalises over the padded time axis, so
+        # the conv stack runs clip by clip; layer norm is per frame.
+        self.conv_per_clip = getattr(config, "feat_extract_norm", "layer") == "group"
+        self.padding_invariant = True
         # data2vec-audio stacks several positional convs and only zeroes padded frames
         # before the first, so later ones read padding into the clip's last frames.
         if config.model_type == "data2vec-audio" and config.num_conv_pos_embeddings > 1:
@@ -42,6 +54,26 @@ class Wav2Vec2FamilyBackbone(AudioBackbone):
     def feature_encoder(self):
         return self.model.feature_extractor
 
+    def set_spec_augment(self, mode):
+        """Choose the masking applied in training: ``"auto"``, True or False.
+
+        ``"auto"`` applies the checkpoint's SpecAugment (``mask_time_*`` and
+        ``mask_feature_*`` of its config) when its ``apply_spec_augment`` is on, as
+        transformers does in training; True applies it even when that flag is off;
+        False masks nothing.
+        """
+        recipe = SpecAugment.from_config(self.config)
+        if isinstance(mode, str):
+            on = bool(getattr(self.config, "apply_spec_augment", True))
+        else:
+            on = _is_true(mode)
+            if on and not recipe.masks_anything:
+                raise ValueError(
+                    f"spec_augment=True, but this {self.config.model_type} checkpoint's "
+                    "config masks nothing (mask_time_prob and mask_feature_prob are 0)."
+                )
+        self.spec_augment = recipe if on and recipe.masks_anything else None
+
     def featurize(self, waves):
         lengths = [len(w) for w in waves]
         values = np.zeros((len(waves), max(lengths)), dtype=np.float32)
@@ -54,21 +86,93 @@ class Wav2Vec2FamilyBackbone(AudioBackbone):
     def forward(self, batch, layer=-1):
         index = self.check_layer(layer)
         values, lengths = batch["input_values"], batch["lengths"]
+        frame_lengths = self.model._get_feat_extract_output_lengths(lengths)
+        padded = bool((lengths != values.shape[1]).any())
         attention_mask = None
-        if self.padding_invariant:
+        if padded and (self.padding_invariant or self.conv_per_clip):
             attention_mask = (
                 torch.arange(values.shape[1], device=values.device)[None, :] < lengths[:, None]
             ).long()
+        conv = contextlib.nullcontext()
+        if padded and self.conv_per_clip:
+            conv = _replaced(self.model, "feature_extractor",
+                             _GivenFeatures(self._conv_per_clip(values, lengths)))
         want_all = index != self.num_layers
-        out = self.model(
-            values, attention_mask=attention_mask, output_hidden_states=want_all, return_dict=True
-        )
+        with conv, self._seeded_masking(frame_lengths), warnings.catch_warnings():
+            # WavLM passes a bool padding mask with its float position bias to torch's
+            # attention, which warns (once per process) that mixing them is deprecated.
+            warnings.filterwarnings("ignore", "Support for mismatched key_padding_mask",
+                                    UserWarning)
+            out = self.model(values, attention_mask=attention_mask,
+                             output_hidden_states=want_all, return_dict=True)
         hidden = out.hidden_states[index] if want_all else out.last_hidden_state
-        frame_lengths = self.model._get_feat_extract_output_lengths(lengths)
         frame_mask = (
             torch.arange(hidden.shape[1], device=hidden.device)[None, :] < frame_lengths[:, None]
         )
         return hidden, frame_mask
+
+    def _conv_per_clip(self, values, lengths):
+        """Conv features (batch, channels, frames) of each clip alone, zero-padded."""
+        encoder = self.model.feature_extractor
+        features = [encoder(values[i : i + 1, : int(n)]) for i, n in enumerate(lengths)]
+        n_frames = max(f.shape[-1] for f in features)
+        return torch.cat(
+            [nn.functional.pad(f, (0, n_frames - f.shape[-1])) for f in features]
+        )
+
+    @contextlib.contextmanager
+    def _seeded_masking(self, frame_lengths):
+        """Swap transformers' SpecAugment (global ``np.random``) for ours in this forward."""
+        model = self.model
+
+        def mask_hidden_states(hidden_states, mask_time_indices=None, attention_mask=None):
+            if not (self.training and self.spec_augment is not None
+                    and self.mask_rng is not None):
+                return hidden_states
+            return self._apply_spec_augment(hidden_states, frame_lengths.tolist())
+
+        model._mask_hidden_states = mask_hidden_states
+        try:
+            yield
+        finally:
+            del model._mask_hidden_states
+
+    def _apply_spec_augment(self, hidden_states, frame_lengths):
+        batch_size, n_frames, width = hidden_states.shape
+        device = hidden_states.device
+        time = self.spec_augment.time_mask(self.mask_rng, frame_lengths, n_frames)
+        if time is not None and time.any():
+            embed = self.model.masked_spec_embed.to(hidden_states.dtype)
+            time = torch.from_numpy(time).to(device)[..., None]
+            hidden_states = torch.where(time, embed, hidden_states)
+        feature = self.spec_augment.feature_mask(self.mask_rng, batch_size, width)
+        if feature is not None and feature.any():
+            hidden_states = hidden_states.masked_fill(
+                torch.from_numpy(feature).to(device)[:, None, :], 0.0
+            )
+        return hidden_states
+
+
+class _GivenFeatures(nn.Module):
+    """Stands in for the conv feature encoder, returning features computed beforehand."""
+
+    def __init__(self, features):
+        super().__init__()
+        self.features = features
+
+    def forward(self, input_values):
+        return self.features
+
+
+@contextlib.contextmanager
+def _replaced(module, name, replacement):
+    """Swap the submodule ``name`` of ``module`` for ``replacement`` for a while."""
+    original = getattr(module, name)
+    setattr(module, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
 
 
 def _zero_mean_unit_var(wave):
