@@ -6,7 +6,7 @@ import os
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._audio import as_clip_list, check_targets, load_waveforms, max_samples
@@ -24,12 +24,16 @@ ENCODER_PARAMETER_CONSTRAINTS = {
     "max_duration": [Interval(Real, 0, None, closed="neither"), None],
     "epochs": [Interval(Integral, 0, None, closed="left")],
     "learning_rate": [Interval(Real, 0, None, closed="neither")],
+    "head_learning_rate": [Interval(Real, 0, None, closed="neither"), None],
     "weight_decay": [Interval(Real, 0, None, closed="left")],
+    "lr_schedule": [StrOptions({"constant", "linear", "cosine"})],
+    "max_steps": [Interval(Integral, 1, None, closed="left"), None],
     "layer": [Integral],
     "freeze_feature_encoder": ["boolean"],
     "gradient_checkpointing": ["boolean"],
     "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
     "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
+    "keep_best": ["boolean"],
     "device": [str],
     "random_state": ["random_state"],
     "verbose": ["verbose"],
@@ -158,13 +162,16 @@ class AudioEncoderMixin:
                     lambda: score_fn(backbone, objective, valid_waves, valid_codes,
                                      train_waves, train_codes, device),
                     [backbone, objective], patience=self.n_iter_no_change,
+                    keep_best=self.keep_best,
                 )
                 callbacks = (monitor,)
-            history = train_encoder(
+                if self.keep_best:
+                    history.append(monitor.score_start())
+            history += train_encoder(
                 backbone, objective, train_waves, train_codes,
                 batch_plan=batch_plan(train_codes), epochs=self.epochs,
                 learning_rate=self.learning_rate, weight_decay=self.weight_decay,
-                layer=self.layer, max_samples=max_samples(self.max_duration, backbone.sampling_rate),
+                lr_schedule=self.lr_schedule, max_steps=self.max_steps, layer=self.layer, max_samples=max_samples(self.max_duration, backbone.sampling_rate),
                 device=device, gradient_checkpointing=self.gradient_checkpointing,
                 seed=seed, rng=rng, callbacks=callbacks, verbose=self.verbose, desc=desc,
             )

@@ -58,6 +58,12 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
         paper's setting, where the head learns slowly).
     weight_decay : float, default=0.0
         Decoupled weight decay.
+    lr_schedule : {"constant", "linear", "cosine"}, default="constant"
+        "constant": ``learning_rate`` throughout (the paper). "linear"/"cosine": linear
+        warm-up over the first tenth of the optimiser steps, then decay to 0.
+    max_steps : int or None, default=None
+        Stop after this many optimiser steps (batches), even within an epoch, for
+        comparisons at an equal number of updates. None: ``epochs`` full epochs.
     layer : int, default=-1
         Encoder layer whose output is pooled.
     freeze_feature_encoder : bool, default=False
@@ -70,6 +76,9 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
     n_iter_no_change : int or None, default=None
         With a validation set, stop after this many epochs without improvement and
         keep the best epoch's weights.
+    keep_best : bool, default=False
+        With a validation set, also score the pretrained encoder (with the fresh head)
+        as epoch 0 and end with the weights of the best-scoring epoch (first on ties).
     device : str, default="auto"
         "auto" (CUDA with bf16 autocast if available, else CPU), "cpu", "cuda:N".
     random_state : int, RandomState instance or None, default=None
@@ -88,8 +97,9 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
     classes_ : ndarray of shape (n_classes,)
         Class labels.
     history_ : list of dict
-        Per epoch: ``loss``, ``train_accuracy``, ``batches``, ``seconds`` and, with a
-        validation set, ``valid_accuracy``.
+        Per epoch: ``loss``, ``train_accuracy``, ``batches``, ``steps`` (optimiser
+        steps so far), ``seconds`` and, with a validation set, ``valid_accuracy``;
+        with ``keep_best``, first an epoch-0 record of the starting weights.
     n_features_in_ : int
         Samples per clip, only when ``fit`` got a 2-D array.
 
@@ -108,7 +118,6 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
     _parameter_constraints = {
         **ENCODER_PARAMETER_CONSTRAINTS,
         "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "head_learning_rate": [Interval(Real, 0, None, closed="neither"), None],
     }
 
     def __init__(
@@ -122,11 +131,14 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
         learning_rate=5e-5,
         head_learning_rate=None,
         weight_decay=0.0,
+        lr_schedule="constant",
+        max_steps=None,
         layer=-1,
         freeze_feature_encoder=False,
         gradient_checkpointing=False,
         validation_fraction=None,
         n_iter_no_change=None,
+        keep_best=False,
         device="auto",
         random_state=None,
         verbose=1,
@@ -139,11 +151,14 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
         self.learning_rate = learning_rate
         self.head_learning_rate = head_learning_rate
         self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.max_steps = max_steps
         self.layer = layer
         self.freeze_feature_encoder = freeze_feature_encoder
         self.gradient_checkpointing = gradient_checkpointing
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
+        self.keep_best = keep_best
         self.device = device
         self.random_state = random_state
         self.verbose = verbose

@@ -60,9 +60,18 @@ class PairTuneTransformer(
         Clips of each class in a training batch (at least 2, so every anchor has a
         positive).
     learning_rate : float, default=5e-5
-        Learning rate of the AdamW optimiser, for encoder and head alike.
+        Learning rate of the AdamW optimiser for the encoder (and the head, unless
+        ``head_learning_rate`` is set).
+    head_learning_rate : float or None, default=None
+        Learning rate of the projection head; None uses ``learning_rate`` (the paper).
     weight_decay : float, default=0.0
         Decoupled weight decay (with 0, AdamW is the paper's Adam).
+    lr_schedule : {"constant", "linear", "cosine"}, default="constant"
+        "constant": ``learning_rate`` throughout (the paper). "linear"/"cosine": linear
+        warm-up over the first tenth of the optimiser steps, then decay to 0.
+    max_steps : int or None, default=None
+        Stop after this many optimiser steps (batches), even within an epoch, for
+        comparisons at an equal number of updates. None: ``epochs`` full epochs.
     temperature : float, default=0.1
         Temperature of the SupCon loss.
     projection_dim : int, default=256
@@ -84,6 +93,10 @@ class PairTuneTransformer(
     n_iter_no_change : int or None, default=None
         With a validation set, stop after this many epochs without a better score and
         keep the weights of the best epoch. None: train all ``epochs``.
+    keep_best : bool, default=False
+        With a validation set, also score the pretrained encoder as epoch 0 and end
+        with the weights of the best-scoring epoch (first on ties), so that the fit
+        never ends below the pretrained encoder on the validation clips.
     device : str, default="auto"
         "auto" (CUDA if available, with bf16 autocast; else CPU), "cpu", "cuda:N".
     random_state : int, RandomState instance or None, default=None
@@ -99,7 +112,9 @@ class PairTuneTransformer(
         Class labels seen in ``fit``.
     history_ : list of dict
         Per epoch: ``loss``, mined ``positive_pairs``/``negative_pairs``,
-        ``batches``, ``seconds`` and, with a validation set, ``valid_accuracy``.
+        ``batches``, ``steps`` (optimiser steps so far), ``seconds`` and, with a
+        validation set, ``valid_accuracy``; with ``keep_best``, first an epoch-0
+        record of the pretrained encoder.
     n_features_in_ : int
         Number of samples per clip, only when ``fit`` got a 2-D array.
 
@@ -138,7 +153,10 @@ class PairTuneTransformer(
         batch_size=32,
         samples_per_class=4,
         learning_rate=5e-5,
+        head_learning_rate=None,
         weight_decay=0.0,
+        lr_schedule="constant",
+        max_steps=None,
         temperature=0.1,
         projection_dim=256,
         mining="multi-similarity",
@@ -148,6 +166,7 @@ class PairTuneTransformer(
         gradient_checkpointing=False,
         validation_fraction=None,
         n_iter_no_change=None,
+        keep_best=False,
         device="auto",
         random_state=None,
         verbose=1,
@@ -159,7 +178,10 @@ class PairTuneTransformer(
         self.batch_size = batch_size
         self.samples_per_class = samples_per_class
         self.learning_rate = learning_rate
+        self.head_learning_rate = head_learning_rate
         self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.max_steps = max_steps
         self.temperature = temperature
         self.projection_dim = projection_dim
         self.mining = mining
@@ -169,6 +191,7 @@ class PairTuneTransformer(
         self.gradient_checkpointing = gradient_checkpointing
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
+        self.keep_best = keep_best
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -197,7 +220,7 @@ class PairTuneTransformer(
             X, y, validation_data=validation_data,
             make_objective=lambda backbone, n_classes: SupConObjective(
                 backbone.hidden_size, self.projection_dim, self.temperature, self.mining,
-                self.mining_margin,
+                self.mining_margin, head_learning_rate=self.head_learning_rate,
             ),
             batch_plan=lambda codes: lambda rng: class_balanced_batches(
                 codes, self.batch_size, self.samples_per_class, rng
