@@ -58,7 +58,10 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import _common  # benchmarks/, this script's own folder
 
-TASKS = ("fsdd-speaker-fewshot", "fsdd-digit-unseen-speaker", "drums-leave-kits-out")
+TASKS = ("fsdd-speaker-fewshot", "fsdd-digit-unseen-speaker", "drums-leave-kits-out",
+         "gm128-fewshot", "gm16-fewshot", "gm128-all", "fsdd60-fewshot")
+# The original three-task run; the many-class tasks are asked for by name.
+DEFAULT_TASKS = ("fsdd-speaker-fewshot", "fsdd-digit-unseen-speaker", "drums-leave-kits-out")
 METHODS = ("Frozen + LR", "FineTune", "PairTune + LR")  # the paper's comparison
 DIAGNOSTICS = ("FineTune + LR", "Frozen + LR (CV C)", "FineTune + LR (CV C)",
                "PairTune + LR (CV C)")
@@ -67,6 +70,10 @@ METHOD_KEYS = {"frozen": "Frozen", "finetune": "FineTune", "pairtune": "PairTune
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
 TRAIN_TAKES = range(5, 10)
 DRUMS_ROOT = Path("/work/shared/data/drums")
+GM_ROOT = Path("/work/shared/data/gm_instruments")
+# Core-3 protocol of gm_instruments: one soundfont per independent sample lineage.
+GM_CORE3 = ("fluidr3", "timgm6mb", "opl3")
+GM_SHOTS = 4  # clips per program in the few-shot tasks
 
 
 def key_value(text):
@@ -87,7 +94,7 @@ def parse_args(argv=None):
                         help="random_state of the fine-tuned models (default: 0 1 2)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--learning-rate", type=float, default=5e-5)
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), choices=TASKS)
     parser.add_argument("--methods", nargs="+", default=list(METHOD_KEYS),
                         choices=list(METHOD_KEYS),
                         help="models to fit (default: all three)")
@@ -98,15 +105,25 @@ def parse_args(argv=None):
     parser.add_argument("--rotations", nargs="+", default=list(SPEAKERS), choices=SPEAKERS,
                         help="held-out speakers of fsdd-digit-unseen-speaker (default: all 6)")
     parser.add_argument("--drums-root", type=Path, default=DRUMS_ROOT)
+    parser.add_argument("--gm-root", type=Path, default=GM_ROOT)
+    parser.add_argument("--gm-folds", nargs="+", default=list(GM_CORE3), choices=GM_CORE3,
+                        help="held-out soundfonts of the gm tasks (default: all 3 of Core-3)")
     parser.add_argument("--folds", type=int, default=4, help="GroupKFold splits on drums")
     parser.add_argument("--no-peak-normalise", dest="peak_normalise", action="store_false",
                         help="keep the drums' recorded levels (default: peak-normalise)")
-    parser.add_argument("--c-grid", type=float, nargs="+", default=[0.01, 0.1, 1.0, 10.0],
-                        help="C values of the inner-CV diagnostic ('CV C')")
+    parser.add_argument("--c-grid", type=float, nargs="*", default=[0.01, 0.1, 1.0, 10.0],
+                        help="C values of the inner-CV diagnostic ('CV C'); none given: "
+                             "no such diagnostic (saves CPU on many-class tasks)")
     parser.add_argument("--pairtune", type=key_value, nargs="+", default=[],
                         metavar="KEY=VALUE", help="extra PairTuneTransformer parameters")
     parser.add_argument("--finetune", type=key_value, nargs="+", default=[],
                         metavar="KEY=VALUE", help="extra FineTuneClassifier parameters")
+    parser.add_argument("--frozen", type=key_value, nargs="+", default=[],
+                        metavar="KEY=VALUE",
+                        help="extra parameters of the frozen encoder (e.g. layer=2)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="folder caching the frozen embeddings between runs (keyed by "
+                             "clips, backbone, parameters and package sources)")
     parser.add_argument("--max-splits", type=int, default=None,
                         help="debug/timing: only the first N splits of each task "
                              "(drums metrics then cover only those folds)")
@@ -141,15 +158,17 @@ def load_task(name, args):
     of ``(split_name, train_idx, test_idx)``), ``inner_groups`` (array or None) and
     ``description``.
     """
+    if name.startswith("gm"):
+        return load_gm_task(name, args)
     if name.startswith("fsdd"):
         from skaudio_confit.datasets import load_spoken_digits
 
-        target = "speaker" if name == "fsdd-speaker-fewshot" else "digit"
+        target = "speaker" if name in ("fsdd-speaker-fewshot", "fsdd60-fewshot") else "digit"
         bunch = load_spoken_digits(target=target)
         take = bunch.frame["take"].to_numpy()
         speaker = bunch.frame["speaker"].to_numpy().astype(str)
         train_take = np.isin(take, list(TRAIN_TAKES))
-        if name == "fsdd-speaker-fewshot":
+        if name in ("fsdd-speaker-fewshot", "fsdd60-fewshot"):
             splits = [("official", np.flatnonzero(train_take),
                        np.flatnonzero(bunch.split == "test"))]
             inner_groups = None  # stratified folds over the training clips
@@ -159,6 +178,12 @@ def load_task(name, args):
                 "train": "takes 5-9, 300 clips (5 per speaker and digit)",
                 "test": "official test split, takes 0-4, 300 clips",
             }
+            if name == "fsdd60-fewshot":
+                digit = bunch.frame["digit"].to_numpy()
+                bunch.target = np.array([f"{s}-{d}" for s, d in zip(speaker, digit)])
+                description.update(
+                    target="speaker x digit (60 classes)",
+                    train="takes 5-9, 300 clips (5 per class: few-shot, unseen takes)")
         else:
             splits = [(s, np.flatnonzero(train_take & (speaker != s)),
                        np.flatnonzero(speaker == s)) for s in args.rotations]
@@ -197,6 +222,57 @@ def load_task(name, args):
             "inner_groups": inner_groups, "description": description}
 
 
+def load_gm_task(name, args):
+    """gm_instruments, Core-3 protocol: train on two soundfonts, test on the third.
+
+    ``gm128-*``: the GM program (128 classes); ``gm16-*``: the GM family (16
+    classes). ``*-fewshot`` trains on ``GM_SHOTS`` clips per program (half from each
+    training soundfont, notes drawn once per fold with a fixed seed, the same for
+    every model seed and for both targets); ``*-all`` on every clip of the two
+    training soundfonts.
+    """
+    import pandas as pd
+    import soundfile as sf
+
+    root = args.gm_root
+    meta = pd.read_csv(root / "metadata.csv")
+    meta = meta[meta["soundfont"].isin(GM_CORE3)].reset_index(drop=True)
+    X = []
+    for path in meta["path"]:
+        wave, rate = sf.read(root / path, dtype="float32")
+        X.append(wave)
+    target = "program" if name.startswith("gm128") else "family"
+    y = meta[target].to_numpy()
+    soundfont = meta["soundfont"].to_numpy().astype(str)
+    fewshot = name.endswith("fewshot")
+    splits = []
+    for held_out in args.gm_folds:
+        train = np.flatnonzero(soundfont != held_out)
+        if fewshot:
+            rng = np.random.default_rng(GM_CORE3.index(held_out))
+            picked = []
+            for (_, _), rows in meta.iloc[train].groupby(["program", "soundfont"]):
+                idx = rows.index.to_numpy()
+                picked.extend(rng.choice(idx, size=min(GM_SHOTS // 2, len(idx)), replace=False))
+            train = np.sort(np.array(picked))
+        splits.append((held_out, train, np.flatnonzero(soundfont == held_out)))
+    n_classes = len(np.unique(y))
+    description = {
+        "data": f"gm_instruments Core-3 ({', '.join(GM_CORE3)}; 1 s notes, {rate} Hz)",
+        "target": f"GM {target} ({n_classes} classes)",
+        "train": (f"{GM_SHOTS} clips per program ({GM_SHOTS // 2} notes from each of the two "
+                  f"training soundfonts, fixed per fold), {len(splits[0][1])} clips"
+                  if fewshot else "all clips of the two training soundfonts, ~1,535 clips"),
+        "test": "every clip of the held-out soundfont (767-768); accuracy averaged "
+                "over the held-out soundfonts",
+        "rotations": list(args.gm_folds),
+    }
+    if args.max_splits is not None:
+        splits = splits[: args.max_splits]
+    return {"X": X, "y": y, "rate": rate, "splits": splits, "inner_groups": soundfont,
+            "description": description}
+
+
 # ------------------------------------------------------------------- models
 
 
@@ -206,7 +282,7 @@ def make_model(kind, args, seed, rate, epochs=None):
     common = {"backbone": args.backbone, "sampling_rate": rate, "device": args.device,
               "random_state": seed, "verbose": 0}
     if kind == "frozen":
-        return PairTuneTransformer(epochs=0, **common)
+        return PairTuneTransformer(**{**common, **dict(args.frozen), "epochs": 0})
     if kind == "finetune":
         return FineTuneClassifier(epochs=args.epochs, learning_rate=args.learning_rate,
                                   **{**common, **dict(args.finetune)})
@@ -228,6 +304,8 @@ def probe_predictions(E_train, y_train, E_test, c_grid, inner_groups):
                                          StratifiedKFold)
 
     fixed = linear_probe().fit(E_train, y_train).predict(E_test)
+    if not c_grid:
+        return fixed, None, None
     if inner_groups is None:
         cv, groups = StratifiedKFold(n_splits=3, shuffle=True, random_state=0), None
     else:
@@ -264,6 +342,13 @@ def run_split(kind, task, split, args, seed, frozen_embeddings=None):
         E_train, E_test = model.transform(pick(train_idx)), model.transform(pick(test_idx))
         info["embed_seconds"] = time.perf_counter() - start
         info["final_loss"] = model.history_[-1]["loss"] if model.history_ else None
+        # Optimiser steps taken, so that methods can be compared per update too.
+        info["steps"] = model.history_[-1].get("steps") if model.history_ else 0
+        scores = [(h["valid_accuracy"], -h["epoch"]) for h in model.history_
+                  if h.get("valid_accuracy") is not None]
+        if scores:
+            info["valid_accuracy"] = [h.get("valid_accuracy") for h in model.history_]
+            info["best_epoch"] = -max(scores)[1]
         if kind == "finetune":
             logits = E_test @ model.coef_.T + model.intercept_
             out["FineTune"] = model.classes_[logits.argmax(axis=1)]
@@ -272,14 +357,50 @@ def run_split(kind, task, split, args, seed, frozen_embeddings=None):
     fixed, tuned, best_c = probe_predictions(E_train, y_train, E_test, args.c_grid, inner)
     info["probe_seconds"] = time.perf_counter() - start
     label = METHOD_KEYS[kind]
-    out[f"{label} + LR"], out[f"{label} + LR (CV C)"] = fixed, tuned
-    info[f"{label} + LR (CV C) best C"] = best_c
+    out[f"{label} + LR"] = fixed
+    if tuned is not None:
+        out[f"{label} + LR (CV C)"] = tuned
+        info[f"{label} + LR (CV C) best C"] = best_c
     return out, info
 
 
+def used_clips(task):
+    return np.unique(np.concatenate([np.concatenate([tr, te]) for _, tr, te in task["splits"]]))
+
+
+def frozen_cache_path(task, args):
+    """Cache file of a task's frozen embeddings (None without ``--cache-dir``).
+
+    Named by a digest of the clips, backbone, frozen parameters and rate; the
+    digest of the package's inference code (pooling, front end, backbones) is part
+    of it, so a change there recomputes them.
+    """
+    if args.cache_dir is None:
+        return None
+    import hashlib
+
+    used = used_clips(task)
+    digest = hashlib.sha256(repr((args.backbone, sorted(dict(args.frozen).items()),
+                                  task["rate"], used.tolist())).encode())
+    package = ROOT / "skaudio_confit"
+    for path in sorted([package / "_pooling.py", package / "_audio.py",
+                        *(package / "backbones").glob("*.py")]):
+        digest.update(path.read_bytes())
+    for i in used:
+        digest.update(np.ascontiguousarray(task["X"][i]).tobytes())
+    return args.cache_dir / f"frozen-{digest.hexdigest()[:20]}.npy"
+
+
 def frozen_embeddings_of(task, args):
-    """The pretrained encoder's embeddings of every clip used by the task (seed-free)."""
-    used = np.unique(np.concatenate([np.concatenate([tr, te]) for _, tr, te in task["splits"]]))
+    """The pretrained encoder's embeddings of every clip used by the task (seed-free).
+
+    With ``--cache-dir`` they are read from, or written to, a file named by a digest
+    of the clips, the backbone, the frozen parameters and the package sources.
+    """
+    used = used_clips(task)
+    cache = frozen_cache_path(task, args)
+    if cache is not None and cache.is_file():
+        return np.load(cache), 0.0, len(used)
     model = make_model("frozen", args, 0, task["rate"])
     classes = np.unique(task["y"][used])
     first = [int(np.flatnonzero(task["y"][used] == c)[0]) for c in classes[:2]]
@@ -287,7 +408,11 @@ def frozen_embeddings_of(task, args):
     start = time.perf_counter()
     E = np.zeros((len(task["X"]), model.backbone_.hidden_size), dtype=np.float32)
     E[used] = model.transform([task["X"][i] for i in used])
-    return E, time.perf_counter() - start, len(used)
+    seconds = time.perf_counter() - start
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, E)
+    return E, seconds, len(used)
 
 
 # ----------------------------------------------------------------- scoring
@@ -300,12 +425,13 @@ def score_task(name, y, predictions, splits):
     """
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-    if name == "fsdd-speaker-fewshot":
+    if name in ("fsdd-speaker-fewshot", "fsdd60-fewshot"):
         (split, _, test_idx), = splits
         return {"accuracy": accuracy_score(y[test_idx], predictions[split])}
-    if name == "fsdd-digit-unseen-speaker":
+    if not name.startswith("drums"):  # the mean over held-out speakers or soundfonts
         per = {s: accuracy_score(y[te], predictions[s]) for s, _, te in splits}
-        return {"accuracy": float(np.mean(list(per.values()))), "per_speaker": per}
+        key = "per_speaker" if name == "fsdd-digit-unseen-speaker" else "per_fold"
+        return {"accuracy": float(np.mean(list(per.values()))), key: per}
     true = np.concatenate([y[te] for _, _, te in splits])
     pred = np.concatenate([predictions[s] for s, _, _ in splits])
     labels = np.unique(y)
@@ -384,7 +510,8 @@ def variant_summary(path):
 
 def variants_markdown(report):
     """Table: the main run's rows and each variant's, primary metric per task."""
-    tasks = list(TASKS)
+    tasks = [t for t in TASKS if t in report["results"]
+             or any(t in v["results"] for v in report["variants"])]
     header = ["Run", "Method", "Epochs", "lr", "Other"] + tasks
     rows = []
 
@@ -630,6 +757,7 @@ def run(args, argv):
         "learning_rate": args.learning_rate,
         "pairtune_params": dict(args.pairtune),
         "finetune_params": dict(args.finetune),
+        "frozen_params": dict(args.frozen),
         "c_grid": args.c_grid,
         "max_splits": args.max_splits,
         "methods": {"Frozen + LR": "PairTuneTransformer(epochs=0) + StandardScaler + "
