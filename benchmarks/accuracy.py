@@ -93,7 +93,8 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="random_state of the fine-tuned models (default: 0 1 2)")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="of FineTune and PairTune (default: the package default)")
     parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), choices=TASKS)
     parser.add_argument("--methods", nargs="+", default=list(METHOD_KEYS),
                         choices=list(METHOD_KEYS),
@@ -283,11 +284,11 @@ def make_model(kind, args, seed, rate, epochs=None):
               "random_state": seed, "verbose": 0}
     if kind == "frozen":
         return PairTuneTransformer(**{**common, **dict(args.frozen), "epochs": 0})
+    if args.learning_rate is not None:
+        common["learning_rate"] = args.learning_rate
     if kind == "finetune":
-        return FineTuneClassifier(epochs=args.epochs, learning_rate=args.learning_rate,
-                                  **{**common, **dict(args.finetune)})
-    return PairTuneTransformer(epochs=args.epochs, learning_rate=args.learning_rate,
-                               **{**common, **dict(args.pairtune)})
+        return FineTuneClassifier(epochs=args.epochs, **{**common, **dict(args.finetune)})
+    return PairTuneTransformer(epochs=args.epochs, **{**common, **dict(args.pairtune)})
 
 
 def linear_probe():
@@ -737,6 +738,12 @@ def markdown(report):
 # ----------------------------------------------------------------------- main
 
 
+def _package_default(name):
+    from skaudio_confit import PairTuneTransformer
+
+    return PairTuneTransformer().get_params()[name]
+
+
 def run(args, argv):
     started = time.perf_counter()
     code = _common.code_state()
@@ -754,7 +761,10 @@ def run(args, argv):
         "seeds": args.seeds,
         "backbone": args.backbone or "bundled Whisper tiny.en encoder",
         "epochs": args.epochs,
-        "learning_rate": args.learning_rate,
+        "learning_rate": (args.learning_rate if args.learning_rate is not None
+                          else _package_default("learning_rate")),
+        "package_defaults": {k: _package_default(k) for k in (
+            "layer", "learning_rate", "lr_schedule", "epochs", "batch_size", "keep_best")},
         "pairtune_params": dict(args.pairtune),
         "finetune_params": dict(args.finetune),
         "frozen_params": dict(args.frozen),

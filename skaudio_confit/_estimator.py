@@ -28,7 +28,7 @@ ENCODER_PARAMETER_CONSTRAINTS = {
     "weight_decay": [Interval(Real, 0, None, closed="left")],
     "lr_schedule": [StrOptions({"constant", "linear", "cosine"})],
     "max_steps": [Interval(Integral, 1, None, closed="left"), None],
-    "layer": [Integral],
+    "layer": [Integral, StrOptions({"middle"})],
     "freeze_feature_encoder": ["boolean"],
     "gradient_checkpointing": ["boolean"],
     "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
@@ -72,7 +72,7 @@ class AudioEncoderMixin:
 
     def _pretrained_backbone(self):
         backbone = load_backbone(self.backbone)
-        backbone.check_layer(self.layer)
+        backbone.check_layer(self._layer_of(backbone))
         if self.freeze_feature_encoder:
             backbone.freeze_feature_encoder()
         limit = getattr(backbone, "max_samples", None)
@@ -83,6 +83,10 @@ class AudioEncoderMixin:
                     f"in one window ({limit / backbone.sampling_rate:.0f} s)."
                 )
         return backbone
+
+    def _layer_of(self, backbone):
+        """The layer pooled: ``layer``, or for "middle" ``num_layers // 2``."""
+        return backbone.num_layers // 2 if self.layer == "middle" else self.layer
 
     def _window_samples(self, backbone):
         """Window length: max_duration, or the backbone's limit if it has one."""
@@ -171,7 +175,9 @@ class AudioEncoderMixin:
                 backbone, objective, train_waves, train_codes,
                 batch_plan=batch_plan(train_codes), epochs=self.epochs,
                 learning_rate=self.learning_rate, weight_decay=self.weight_decay,
-                lr_schedule=self.lr_schedule, max_steps=self.max_steps, layer=self.layer, max_samples=max_samples(self.max_duration, backbone.sampling_rate),
+                lr_schedule=self.lr_schedule, max_steps=self.max_steps,
+                layer=self._layer_of(backbone),
+                max_samples=max_samples(self.max_duration, backbone.sampling_rate),
                 device=device, gradient_checkpointing=self.gradient_checkpointing,
                 seed=seed, rng=rng, callbacks=callbacks, verbose=self.verbose, desc=desc,
             )
@@ -198,7 +204,7 @@ class AudioEncoderMixin:
         # Torch threads follow the Dask/loky worker's budget (unchanged elsewhere).
         with budget_threads():
             return embed_waveforms(
-                backbone, waves, layer=self.layer, batch_size=self.batch_size,
+                backbone, waves, layer=self._layer_of(backbone), batch_size=self.batch_size,
                 max_samples=self._window_samples(backbone), device=device, progress=progress,
             )
 

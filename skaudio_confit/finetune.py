@@ -51,21 +51,23 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
         Passes over the training clips.
     batch_size : int, default=32
         Clips per batch (shuffled batches), also at prediction.
-    learning_rate : float, default=5e-5
-        AdamW learning rate of the encoder.
+    learning_rate : float, default=1e-4
+        Peak AdamW learning rate of the encoder (the paper: 5e-5).
     head_learning_rate : float or None, default=None
         Learning rate of the fresh linear head; None uses ``learning_rate`` (the
         paper's setting, where the head learns slowly).
     weight_decay : float, default=0.0
         Decoupled weight decay.
-    lr_schedule : {"constant", "linear", "cosine"}, default="constant"
-        "constant": ``learning_rate`` throughout (the paper). "linear"/"cosine": linear
-        warm-up over the first tenth of the optimiser steps, then decay to 0.
+    lr_schedule : {"constant", "linear", "cosine"}, default="cosine"
+        "linear"/"cosine": linear warm-up over the first tenth of the optimiser
+        steps, then decay to 0. "constant": ``learning_rate`` throughout (the paper).
     max_steps : int or None, default=None
         Stop after this many optimiser steps (batches), even within an epoch, for
         comparisons at an equal number of updates. None: ``epochs`` full epochs.
-    layer : int, default=-1
-        Encoder layer whose output is pooled.
+    layer : int or "middle", default="middle"
+        Encoder layer whose output is pooled ("middle": ``num_layers // 2``); the
+        same default as PairTune's, so that the two compare like for like. The
+        paper's recipe: ``layer=-1, learning_rate=5e-5, lr_schedule="constant"``.
     freeze_feature_encoder : bool, default=False
         Keep the convolutional feature encoder fixed.
     gradient_checkpointing : bool, default=False
@@ -128,12 +130,12 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
         max_duration=10.0,
         epochs=5,
         batch_size=32,
-        learning_rate=5e-5,
+        learning_rate=1e-4,
         head_learning_rate=None,
         weight_decay=0.0,
-        lr_schedule="constant",
+        lr_schedule="cosine",
         max_steps=None,
-        layer=-1,
+        layer="middle",
         freeze_feature_encoder=False,
         gradient_checkpointing=False,
         validation_fraction=None,

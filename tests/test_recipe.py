@@ -139,3 +139,22 @@ def test_bad_recipe_parameters_raise(tiny_whisper_encoder_dir, data, params, mat
     X, y = data
     with pytest.raises(ValueError, match=match):
         PairTuneTransformer(tiny_whisper_encoder_dir, **PAIRTUNE, **params).fit(X, y)
+
+
+def test_middle_layer_is_half_the_depth(tiny_whisper_encoder_dir, data):
+    """layer="middle" pools num_layers // 2, in training and in transform alike."""
+    X, y = data
+    middle = PairTuneTransformer(tiny_whisper_encoder_dir, **{**PAIRTUNE, "epochs": 0},
+                                 layer="middle").fit(X, y)
+    assert middle.backbone_.num_layers == 2
+    one = PairTuneTransformer(tiny_whisper_encoder_dir, **{**PAIRTUNE, "epochs": 0},
+                              layer=1).fit(X, y)
+    last = PairTuneTransformer(tiny_whisper_encoder_dir, **{**PAIRTUNE, "epochs": 0},
+                               layer=-1).fit(X, y)
+    np.testing.assert_array_equal(middle.transform(X), one.transform(X))
+    assert not np.allclose(middle.transform(X), last.transform(X))
+    tuned = [PairTuneTransformer(tiny_whisper_encoder_dir, **PAIRTUNE, layer=layer).fit(X, y)
+             for layer in ("middle", 1)]
+    assert tuned[0].history_[-1]["loss"] == tuned[1].history_[-1]["loss"]
+    with pytest.raises(ValueError, match="layer"):
+        PairTuneTransformer(tiny_whisper_encoder_dir, **PAIRTUNE, layer="top").fit(X, y)
