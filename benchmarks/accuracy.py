@@ -381,8 +381,10 @@ def frozen_cache_path(task, args):
     import hashlib
 
     used = used_clips(task)
-    digest = hashlib.sha256(repr((args.backbone, sorted(dict(args.frozen).items()),
-                                  task["rate"], used.tolist())).encode())
+    # Every parameter of the frozen model, defaults included (a default may change).
+    params = make_model("frozen", args, 0, task["rate"]).get_params()
+    params = sorted((k, v) for k, v in params.items() if k not in ("random_state", "verbose"))
+    digest = hashlib.sha256(repr((params, task["rate"], used.tolist())).encode())
     package = ROOT / "skaudio_confit"
     for path in sorted([package / "_pooling.py", package / "_audio.py",
                         *(package / "backbones").glob("*.py")]):
