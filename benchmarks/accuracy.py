@@ -15,6 +15,15 @@ Tasks (all on data available offline):
   takes 5-9 of five speakers (250 clips), test on all 50 takes of the sixth
   (500 clips), rotating the held-out speaker. A seed's score is the mean
   accuracy over the rotations; per-speaker accuracies are in the JSON.
+- ``gm128-fewshot`` / ``gm16-fewshot``: GM program (128 classes) / family (16)
+  of the gm_instruments notes (/work/shared/data/gm_instruments), Core-3 protocol:
+  train on two of fluidr3, timgm6mb, opl3 (one per independent sample lineage),
+  test on every clip of the third (767-768), 3 folds, accuracy averaged over them;
+  few-shot = 4 clips per program (2 notes from each training soundfont, drawn once
+  per fold with a fixed seed: 512 clips). ``gm128-all``: every clip of the two
+  training soundfonts (~1,535).
+- ``fsdd60-fewshot``: FSDD speaker x digit (60 classes), takes 5-9 (5 per class,
+  300 clips) against the official test takes 0-4 (300 clips): unseen takes.
 - ``drums-leave-kits-out``: drum instrument (6 classes) of the Hydrogen drum
   one-shots in /work/shared/data/drums; ``GroupKFold(4)`` by kit, out-of-fold
   predictions pooled over the folds, then balanced accuracy, macro-F1 and
@@ -38,6 +47,11 @@ Usage::
         [--device cpu|cuda] [--backbone ID] [--learning-rate 5e-5]
         [--rotations SPEAKER ...] [--pairtune KEY=VALUE ...] [--finetune KEY=VALUE ...]
     python benchmarks/accuracy.py --render-only [--findings FILE]   # md/png from the JSON
+    python benchmarks/accuracy.py --merge RUN.json ... --name NAME  # runs split by seed/fold
+
+``--cache-dir DIR`` keeps the frozen encoder's embeddings between runs (seed-free).
+Each fit's optimiser steps are recorded (``steps``), so that methods can be
+compared per update as well as per epoch; ``--pairtune max_steps=N`` caps them.
 
 Writes ``benchmarks/results/accuracy.{md,json,png}``.
 """
@@ -138,6 +152,10 @@ def parse_args(argv=None):
                         help="JSON results of exploratory runs of this script (e.g. other "
                              "--pairtune settings) whose summaries are copied into this "
                              "report's 'Variants' table")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="JSON results of runs of this script that split one "
+                             "benchmark by seed and held-out fold (run in parallel); "
+                             "merged into one report (no training)")
     parser.add_argument("--findings", type=Path, default=None,
                         help="markdown file whose text becomes the Findings section "
                              "(stored in the JSON)")
@@ -619,8 +637,11 @@ def markdown(report):
          f"learning rate {d['learning_rate']:g}, other parameters at their defaults"
          + (f" except PairTune {d['pairtune_params']}" if d["pairtune_params"] else "")
          + (f" and FineTune {d['finetune_params']}" if d["finetune_params"] else "")
-         + f"; seeds {d['seeds']}. Frozen: `PairTuneTransformer(epochs=0)`, seed-free "
-         "(its spread is 0)."),
+         + f"; seeds {d['seeds']}. Frozen: `PairTuneTransformer(epochs=0)`"
+         + (f" with {d['frozen_params']}" if d.get("frozen_params") else "")
+         + ", seed-free (its spread is 0)."
+         + (f" Package defaults at this commit: {d['package_defaults']}."
+            if d.get("package_defaults") else "")),
         ("LR = `StandardScaler + LogisticRegression(max_iter=2000)`, C=1, fitted on the "
          "model's embeddings of the training clips. FineTune is scored by its own "
          "jointly trained linear head."),
@@ -635,7 +656,9 @@ def markdown(report):
         desc = d["tasks"][task]
         extra = ""
         if "rotations" in desc:
-            extra = f"; held-out speakers {', '.join(desc['rotations'])} (mean over them per seed)"
+            held = "soundfonts" if task.startswith("gm") else "speakers"
+            extra = (f"; held-out {held} {', '.join(desc['rotations'])} (mean over them "
+                     "per seed)")
         if "peak_normalised" in desc:
             extra = (f"; clips {'peak-normalised' if desc['peak_normalised'] else 'at recorded level'}"
                      "; balanced accuracy, macro-F1 and accuracy of the out-of-fold "
@@ -707,14 +730,34 @@ def markdown(report):
                 lines += [f"{mm}:", "", _common.markdown_table(["true \\ predicted"] + labs, rows),
                           ""]
 
-    lines += ["### Fit time (seconds per fit, mean over seeds and splits)", ""]
+    for task, res in d["results"].items():
+        if not task.startswith("gm"):
+            continue
+        lines += [f"### {task} by held-out soundfont (mean ± std over seeds)", ""]
+        folds = d["tasks"][task]["rotations"]
+        rows = []
+        for mm in ALL_METHODS:
+            if mm in res:
+                ps = res[mm]["per_seed"]
+                rows.append([mm] + [fmt({"mean": np.mean([r["per_fold"][f] for r in ps]),
+                                         "std": np.std([r["per_fold"][f] for r in ps],
+                                                       ddof=1) if len(ps) > 1 else 0.0})
+                                    for f in folds])
+        lines += [_common.markdown_table(["Method"] + list(folds), rows), ""]
+
+    lines += ["### Fit time and optimiser steps (per fit, mean over seeds and splits)", ""]
     rows = []
     for task, res in d["results"].items():
         t = d["timing"].get(task, {})
+        steps = {m: [f["steps"] for f in d["fits"] if f["task"] == task and f["model"] == m
+                     and f.get("steps") is not None] for m in ("FineTune", "PairTune")}
         rows.append([task] + [f"{t[k]:.0f}" if t.get(k) is not None else "n/a"
-                              for k in ("FineTune", "PairTune", "frozen_embed")])
-    lines += [_common.markdown_table(["Task", "FineTune fit", "PairTune fit",
-                                      "Frozen: embed all clips"], rows), ""]
+                              for k in ("FineTune", "PairTune", "frozen_embed")]
+                    + [f"{np.mean(steps[m]):.0f}" if steps[m] else "n/a"
+                       for m in ("FineTune", "PairTune")])
+    lines += [_common.markdown_table(["Task", "FineTune fit s", "PairTune fit s",
+                                      "Frozen: embed all clips s", "FineTune steps",
+                                      "PairTune steps"], rows), ""]
 
     lines += ["## Goal check: PairTune + LR >= FineTune and >= Frozen + LR", ""]
     rows = []
@@ -738,6 +781,61 @@ def markdown(report):
 
 
 # ----------------------------------------------------------------------- main
+
+
+def merge_reports(paths):
+    """One report from runs that each covered some seeds and held-out folds.
+
+    Per task, method and seed, the per-fold accuracies of all runs are pooled and
+    the seed's accuracy is their mean; every seed must end up with the same folds.
+    Fits and timings are concatenated; ``total_seconds`` is the longest run's (they
+    ran side by side), ``cpu_process_seconds`` their sum.
+    """
+    runs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    report = {k: v for k, v in runs[0].items() if k not in ("results", "fits", "timing")}
+    report["command"] = "; ".join(r["command"] for r in runs)
+    report["merged_from"] = [Path(p).name for p in paths]
+    report["seeds"] = sorted({s for r in runs for s in r["seeds"]})
+    report["fits"] = [f for r in runs for f in r["fits"]]
+    report["total_seconds"] = max(r["total_seconds"] for r in runs)
+    report["cpu_process_seconds"] = sum(r["total_seconds"] for r in runs)
+    commits = {(r.get("code") or {}).get("package_sha256") for r in runs}
+    if len(commits) > 1:
+        raise ValueError(f"the runs measured different package sources: {commits}")
+    report["results"], report["timing"], report["tasks"] = {}, {}, {}
+    for name in sorted({t for r in runs for t in r["results"]}, key=TASKS.index):
+        folds = {}  # method -> seed -> fold -> accuracy
+        for r in runs:
+            if name not in r["results"]:
+                continue
+            report["tasks"][name] = dict(r["tasks"][name])
+            for method, res in r["results"][name].items():
+                for row in res["per_seed"]:
+                    seeds = report["seeds"] if method.startswith("Frozen") else [row["seed"]]
+                    for seed in seeds:  # the frozen encoder's folds hold for every seed
+                        folds.setdefault(method, {}).setdefault(seed, {}).update(
+                            row["per_fold"])
+        results = {}
+        for method in ALL_METHODS:
+            if method not in folds:
+                continue
+            per_seed = [{"seed": seed, "accuracy": float(np.mean(list(f.values()))),
+                         "per_fold": f} for seed, f in sorted(folds[method].items())]
+            if len({tuple(sorted(r["per_fold"])) for r in per_seed}) > 1:
+                raise ValueError(f"{name} {method}: seeds cover different folds")
+            results[method] = {"summary": summarise(per_seed, ("accuracy",)),
+                               "per_seed": per_seed}
+        report["results"][name] = results
+        report["tasks"][name]["rotations"] = sorted(
+            next(iter(results.values()))["per_seed"][0]["per_fold"])
+        fits = [f for f in report["fits"] if f["task"] == name]
+        mean = lambda model: (float(np.mean([f["fit_seconds"] for f in fits
+                                             if f["model"] == model]))
+                              if any(f["model"] == model for f in fits) else None)
+        report["timing"][name] = {"FineTune": mean("FineTune"), "PairTune": mean("PairTune"),
+                                  "frozen_embed": None}
+    report["load_average_at_end"] = runs[-1].get("load_average_at_end")
+    return report
 
 
 def _package_default(name):
@@ -851,7 +949,9 @@ def main(argv=None):
     args = parse_args(argv)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.output_dir / f"{args.name}.json"
-    if args.render_only:
+    if args.merge is not None:
+        report = merge_reports(args.merge)
+    elif args.render_only:
         report = json.loads(json_path.read_text(encoding="utf-8"))
     else:
         report = run(args, argv)
