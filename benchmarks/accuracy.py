@@ -526,7 +526,12 @@ def variant_summary(path):
             "epochs": other["epochs"], "learning_rate": other["learning_rate"],
             "pairtune_params": other["pairtune_params"],
             "finetune_params": other["finetune_params"], "seeds": other["seeds"],
-            "total_seconds": other["total_seconds"], "results": results}
+            "total_seconds": other["total_seconds"], "results": results,
+            # Runs from before the recipe defaults existed used the paper's recipe.
+            "package_defaults": other.get("package_defaults",
+                                          {"layer": -1, "learning_rate": 5e-5,
+                                           "lr_schedule": "constant"}),
+            "splits": sorted({f["split"] for f in other.get("fits", [])})}
 
 
 def variants_markdown(report):
@@ -560,14 +565,19 @@ def variants_markdown(report):
         methods = sorted({m for r in v["results"].values() for m in r},
                          key=lambda m: ALL_METHODS.index(m))
         other = {**v["pairtune_params"], **v["finetune_params"]}
+        base = v.get("package_defaults", {})
+        base = (f"layer={base.get('layer')}, {base.get('lr_schedule')}"
+                if base else "defaults")
         for m in methods:
             rows.append([v["name"], m, str(v["epochs"]), f"{v['learning_rate']:g}",
-                         ", ".join(f"{k}={val}" for k, val in other.items()) or "defaults"]
+                         ", ".join(f"{k}={val}" for k, val in other.items()) or base]
                         + cells(v["results"], m))
     lines = [_common.markdown_table(header, rows, align=["l"] * 5 + ["r"] * len(tasks)), "",
              "Cells: primary metric (accuracy; balanced accuracy on drums), mean ± std over "
              "seeds (per-seed values). Commands of the variant runs:", ""]
-    lines += [f"- {v['name']}: `{v['command']}` ({v['total_seconds'] / 60:.0f} min)"
+    lines += [f"- {v['name']}: `{v['command']}` ({v['total_seconds'] / 60:.0f} min"
+              + (f"; held-out {', '.join(v['splits'])} only" if v.get("splits") else "")
+              + f"; other parameters: {v.get('package_defaults')})"
               for v in report["variants"]]
     return "\n".join(lines)
 
@@ -774,8 +784,8 @@ def markdown(report):
     if d.get("findings"):
         lines += ["## Findings", "", d["findings"].strip(), ""]
     if d.get("variants"):
-        lines += ["## Variants (exploratory runs: same seeds and splits, one setting "
-                  "changed)", "", variants_markdown(d), ""]
+        lines += ["## Variants (exploratory screens: seeds and held-out folds as listed below; "
+                  "settings as in the Other column)", "", variants_markdown(d), ""]
     lines += [f"![accuracy bar chart]({d['figure']})", ""]
     return "\n".join(lines)
 
