@@ -62,22 +62,33 @@ def test_history_counts_optimiser_steps(tiny_whisper_encoder_dir, data, cls, par
                                          (FineTuneClassifier, FAST)])
 def test_max_steps_stops_within_an_epoch(tiny_whisper_encoder_dir, data, cls, params):
     X, y = data
-    full = cls(tiny_whisper_encoder_dir, **{**params, "epochs": 3}).fit(X, y)
+    # A constant rate: with a schedule, the cap would also reshape the rates.
+    params = {**params, "epochs": 3, "lr_schedule": "constant"}
+    full = cls(tiny_whisper_encoder_dir, **params).fit(X, y)
     per_epoch = full.history_[0]["batches"]
     assert per_epoch >= 3
     budget = per_epoch + 2  # one full epoch and two steps of the next
-    capped = cls(tiny_whisper_encoder_dir, **{**params, "epochs": 3},
-                 max_steps=budget).fit(X, y)
+    capped = cls(tiny_whisper_encoder_dir, **params, max_steps=budget).fit(X, y)
     assert [h["epoch"] for h in capped.history_] == [1, 2]
     assert capped.history_[-1]["steps"] == budget
     assert capped.history_[-1]["batches"] == 2
     # The first epoch is the same computation as without the cap (constant rate).
     assert capped.history_[0]["loss"] == full.history_[0]["loss"]
+    assert capped.history_[-1]["loss"] != full.history_[1]["loss"]
+
+
+def test_defaults_are_the_tuned_recipe():
+    for cls in (PairTuneTransformer, FineTuneClassifier):
+        params = cls().get_params()
+        assert (params["layer"], params["learning_rate"], params["lr_schedule"]) == (
+            "middle", 1e-4, "cosine")
+        assert params["max_steps"] is None and params["keep_best"] is False
 
 
 def test_schedule_changes_training_and_is_reproducible(tiny_whisper_encoder_dir, data):
     X, y = data
-    plain = PairTuneTransformer(tiny_whisper_encoder_dir, **PAIRTUNE).fit(X, y)
+    plain = PairTuneTransformer(tiny_whisper_encoder_dir, **PAIRTUNE,
+                                lr_schedule="constant").fit(X, y)
     fits = [PairTuneTransformer(tiny_whisper_encoder_dir, **PAIRTUNE,
                                 lr_schedule="cosine").fit(X, y) for _ in range(2)]
     np.testing.assert_array_equal(fits[0].transform(X), fits[1].transform(X))
