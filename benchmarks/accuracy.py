@@ -15,6 +15,15 @@ Tasks (all on data available offline):
   takes 5-9 of five speakers (250 clips), test on all 50 takes of the sixth
   (500 clips), rotating the held-out speaker. A seed's score is the mean
   accuracy over the rotations; per-speaker accuracies are in the JSON.
+- ``gm128-fewshot`` / ``gm16-fewshot``: GM program (128 classes) / family (16)
+  of the gm_instruments notes (/work/shared/data/gm_instruments), Core-3 protocol:
+  train on two of fluidr3, timgm6mb, opl3 (one per independent sample lineage),
+  test on every clip of the third (767-768), 3 folds, accuracy averaged over them;
+  few-shot = 4 clips per program (2 notes from each training soundfont, drawn once
+  per fold with a fixed seed: 512 clips). ``gm128-all``: every clip of the two
+  training soundfonts (~1,535).
+- ``fsdd60-fewshot``: FSDD speaker x digit (60 classes), takes 5-9 (5 per class,
+  300 clips) against the official test takes 0-4 (300 clips): unseen takes.
 - ``drums-leave-kits-out``: drum instrument (6 classes) of the Hydrogen drum
   one-shots in /work/shared/data/drums; ``GroupKFold(4)`` by kit, out-of-fold
   predictions pooled over the folds, then balanced accuracy, macro-F1 and
@@ -38,6 +47,11 @@ Usage::
         [--device cpu|cuda] [--backbone ID] [--learning-rate 5e-5]
         [--rotations SPEAKER ...] [--pairtune KEY=VALUE ...] [--finetune KEY=VALUE ...]
     python benchmarks/accuracy.py --render-only [--findings FILE]   # md/png from the JSON
+    python benchmarks/accuracy.py --merge RUN.json ... --name NAME  # runs split by seed/fold
+
+``--cache-dir DIR`` keeps the frozen encoder's embeddings between runs (seed-free).
+Each fit's optimiser steps are recorded (``steps``), so that methods can be
+compared per update as well as per epoch; ``--pairtune max_steps=N`` caps them.
 
 Writes ``benchmarks/results/accuracy.{md,json,png}``.
 """
@@ -58,7 +72,10 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import _common  # benchmarks/, this script's own folder
 
-TASKS = ("fsdd-speaker-fewshot", "fsdd-digit-unseen-speaker", "drums-leave-kits-out")
+TASKS = ("fsdd-speaker-fewshot", "fsdd-digit-unseen-speaker", "drums-leave-kits-out",
+         "gm128-fewshot", "gm16-fewshot", "gm128-all", "fsdd60-fewshot")
+# The original three-task run; the many-class tasks are asked for by name.
+DEFAULT_TASKS = ("fsdd-speaker-fewshot", "fsdd-digit-unseen-speaker", "drums-leave-kits-out")
 METHODS = ("Frozen + LR", "FineTune", "PairTune + LR")  # the paper's comparison
 DIAGNOSTICS = ("FineTune + LR", "Frozen + LR (CV C)", "FineTune + LR (CV C)",
                "PairTune + LR (CV C)")
@@ -67,6 +84,10 @@ METHOD_KEYS = {"frozen": "Frozen", "finetune": "FineTune", "pairtune": "PairTune
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
 TRAIN_TAKES = range(5, 10)
 DRUMS_ROOT = Path("/work/shared/data/drums")
+GM_ROOT = Path("/work/shared/data/gm_instruments")
+# Core-3 protocol of gm_instruments: one soundfont per independent sample lineage.
+GM_CORE3 = ("fluidr3", "timgm6mb", "opl3")
+GM_SHOTS = 4  # clips per program in the few-shot tasks
 
 
 def key_value(text):
@@ -86,8 +107,9 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="random_state of the fine-tuned models (default: 0 1 2)")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--learning-rate", type=float, default=5e-5)
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="of FineTune and PairTune (default: the package default)")
+    parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), choices=TASKS)
     parser.add_argument("--methods", nargs="+", default=list(METHOD_KEYS),
                         choices=list(METHOD_KEYS),
                         help="models to fit (default: all three)")
@@ -98,15 +120,25 @@ def parse_args(argv=None):
     parser.add_argument("--rotations", nargs="+", default=list(SPEAKERS), choices=SPEAKERS,
                         help="held-out speakers of fsdd-digit-unseen-speaker (default: all 6)")
     parser.add_argument("--drums-root", type=Path, default=DRUMS_ROOT)
+    parser.add_argument("--gm-root", type=Path, default=GM_ROOT)
+    parser.add_argument("--gm-folds", nargs="+", default=list(GM_CORE3), choices=GM_CORE3,
+                        help="held-out soundfonts of the gm tasks (default: all 3 of Core-3)")
     parser.add_argument("--folds", type=int, default=4, help="GroupKFold splits on drums")
     parser.add_argument("--no-peak-normalise", dest="peak_normalise", action="store_false",
                         help="keep the drums' recorded levels (default: peak-normalise)")
-    parser.add_argument("--c-grid", type=float, nargs="+", default=[0.01, 0.1, 1.0, 10.0],
-                        help="C values of the inner-CV diagnostic ('CV C')")
+    parser.add_argument("--c-grid", type=float, nargs="*", default=[0.01, 0.1, 1.0, 10.0],
+                        help="C values of the inner-CV diagnostic ('CV C'); none given: "
+                             "no such diagnostic (saves CPU on many-class tasks)")
     parser.add_argument("--pairtune", type=key_value, nargs="+", default=[],
                         metavar="KEY=VALUE", help="extra PairTuneTransformer parameters")
     parser.add_argument("--finetune", type=key_value, nargs="+", default=[],
                         metavar="KEY=VALUE", help="extra FineTuneClassifier parameters")
+    parser.add_argument("--frozen", type=key_value, nargs="+", default=[],
+                        metavar="KEY=VALUE",
+                        help="extra parameters of the frozen encoder (e.g. layer=2)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="folder caching the frozen embeddings between runs (keyed by "
+                             "clips, backbone, parameters and package sources)")
     parser.add_argument("--max-splits", type=int, default=None,
                         help="debug/timing: only the first N splits of each task "
                              "(drums metrics then cover only those folds)")
@@ -120,6 +152,10 @@ def parse_args(argv=None):
                         help="JSON results of exploratory runs of this script (e.g. other "
                              "--pairtune settings) whose summaries are copied into this "
                              "report's 'Variants' table")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="JSON results of runs of this script that split one "
+                             "benchmark by seed and held-out fold (run in parallel); "
+                             "merged into one report (no training)")
     parser.add_argument("--findings", type=Path, default=None,
                         help="markdown file whose text becomes the Findings section "
                              "(stored in the JSON)")
@@ -141,15 +177,17 @@ def load_task(name, args):
     of ``(split_name, train_idx, test_idx)``), ``inner_groups`` (array or None) and
     ``description``.
     """
+    if name.startswith("gm"):
+        return load_gm_task(name, args)
     if name.startswith("fsdd"):
         from skaudio_confit.datasets import load_spoken_digits
 
-        target = "speaker" if name == "fsdd-speaker-fewshot" else "digit"
+        target = "speaker" if name in ("fsdd-speaker-fewshot", "fsdd60-fewshot") else "digit"
         bunch = load_spoken_digits(target=target)
         take = bunch.frame["take"].to_numpy()
         speaker = bunch.frame["speaker"].to_numpy().astype(str)
         train_take = np.isin(take, list(TRAIN_TAKES))
-        if name == "fsdd-speaker-fewshot":
+        if name in ("fsdd-speaker-fewshot", "fsdd60-fewshot"):
             splits = [("official", np.flatnonzero(train_take),
                        np.flatnonzero(bunch.split == "test"))]
             inner_groups = None  # stratified folds over the training clips
@@ -159,6 +197,12 @@ def load_task(name, args):
                 "train": "takes 5-9, 300 clips (5 per speaker and digit)",
                 "test": "official test split, takes 0-4, 300 clips",
             }
+            if name == "fsdd60-fewshot":
+                digit = bunch.frame["digit"].to_numpy()
+                bunch.target = np.array([f"{s}-{d}" for s, d in zip(speaker, digit)])
+                description.update(
+                    target="speaker x digit (60 classes)",
+                    train="takes 5-9, 300 clips (5 per class: few-shot, unseen takes)")
         else:
             splits = [(s, np.flatnonzero(train_take & (speaker != s)),
                        np.flatnonzero(speaker == s)) for s in args.rotations]
@@ -197,6 +241,57 @@ def load_task(name, args):
             "inner_groups": inner_groups, "description": description}
 
 
+def load_gm_task(name, args):
+    """gm_instruments, Core-3 protocol: train on two soundfonts, test on the third.
+
+    ``gm128-*``: the GM program (128 classes); ``gm16-*``: the GM family (16
+    classes). ``*-fewshot`` trains on ``GM_SHOTS`` clips per program (half from each
+    training soundfont, notes drawn once per fold with a fixed seed, the same for
+    every model seed and for both targets); ``*-all`` on every clip of the two
+    training soundfonts.
+    """
+    import pandas as pd
+    import soundfile as sf
+
+    root = args.gm_root
+    meta = pd.read_csv(root / "metadata.csv")
+    meta = meta[meta["soundfont"].isin(GM_CORE3)].reset_index(drop=True)
+    X = []
+    for path in meta["path"]:
+        wave, rate = sf.read(root / path, dtype="float32")
+        X.append(wave)
+    target = "program" if name.startswith("gm128") else "family"
+    y = meta[target].to_numpy()
+    soundfont = meta["soundfont"].to_numpy().astype(str)
+    fewshot = name.endswith("fewshot")
+    splits = []
+    for held_out in args.gm_folds:
+        train = np.flatnonzero(soundfont != held_out)
+        if fewshot:
+            rng = np.random.default_rng(GM_CORE3.index(held_out))
+            picked = []
+            for (_, _), rows in meta.iloc[train].groupby(["program", "soundfont"]):
+                idx = rows.index.to_numpy()
+                picked.extend(rng.choice(idx, size=min(GM_SHOTS // 2, len(idx)), replace=False))
+            train = np.sort(np.array(picked))
+        splits.append((held_out, train, np.flatnonzero(soundfont == held_out)))
+    n_classes = len(np.unique(y))
+    description = {
+        "data": f"gm_instruments Core-3 ({', '.join(GM_CORE3)}; 1 s notes, {rate} Hz)",
+        "target": f"GM {target} ({n_classes} classes)",
+        "train": (f"{GM_SHOTS} clips per program ({GM_SHOTS // 2} notes from each of the two "
+                  f"training soundfonts, fixed per fold), {len(splits[0][1])} clips"
+                  if fewshot else "all clips of the two training soundfonts, ~1,535 clips"),
+        "test": "every clip of the held-out soundfont (767-768); accuracy averaged "
+                "over the held-out soundfonts",
+        "rotations": list(args.gm_folds),
+    }
+    if args.max_splits is not None:
+        splits = splits[: args.max_splits]
+    return {"X": X, "y": y, "rate": rate, "splits": splits, "inner_groups": soundfont,
+            "description": description}
+
+
 # ------------------------------------------------------------------- models
 
 
@@ -206,12 +301,12 @@ def make_model(kind, args, seed, rate, epochs=None):
     common = {"backbone": args.backbone, "sampling_rate": rate, "device": args.device,
               "random_state": seed, "verbose": 0}
     if kind == "frozen":
-        return PairTuneTransformer(epochs=0, **common)
+        return PairTuneTransformer(**{**common, **dict(args.frozen), "epochs": 0})
+    if args.learning_rate is not None:
+        common["learning_rate"] = args.learning_rate
     if kind == "finetune":
-        return FineTuneClassifier(epochs=args.epochs, learning_rate=args.learning_rate,
-                                  **{**common, **dict(args.finetune)})
-    return PairTuneTransformer(epochs=args.epochs, learning_rate=args.learning_rate,
-                               **{**common, **dict(args.pairtune)})
+        return FineTuneClassifier(epochs=args.epochs, **{**common, **dict(args.finetune)})
+    return PairTuneTransformer(epochs=args.epochs, **{**common, **dict(args.pairtune)})
 
 
 def linear_probe():
@@ -228,6 +323,8 @@ def probe_predictions(E_train, y_train, E_test, c_grid, inner_groups):
                                          StratifiedKFold)
 
     fixed = linear_probe().fit(E_train, y_train).predict(E_test)
+    if not c_grid:
+        return fixed, None, None
     if inner_groups is None:
         cv, groups = StratifiedKFold(n_splits=3, shuffle=True, random_state=0), None
     else:
@@ -264,6 +361,13 @@ def run_split(kind, task, split, args, seed, frozen_embeddings=None):
         E_train, E_test = model.transform(pick(train_idx)), model.transform(pick(test_idx))
         info["embed_seconds"] = time.perf_counter() - start
         info["final_loss"] = model.history_[-1]["loss"] if model.history_ else None
+        # Optimiser steps taken, so that methods can be compared per update too.
+        info["steps"] = model.history_[-1].get("steps") if model.history_ else 0
+        scores = [(h["valid_accuracy"], -h["epoch"]) for h in model.history_
+                  if h.get("valid_accuracy") is not None]
+        if scores:
+            info["valid_accuracy"] = [h.get("valid_accuracy") for h in model.history_]
+            info["best_epoch"] = -max(scores)[1]
         if kind == "finetune":
             logits = E_test @ model.coef_.T + model.intercept_
             out["FineTune"] = model.classes_[logits.argmax(axis=1)]
@@ -272,14 +376,52 @@ def run_split(kind, task, split, args, seed, frozen_embeddings=None):
     fixed, tuned, best_c = probe_predictions(E_train, y_train, E_test, args.c_grid, inner)
     info["probe_seconds"] = time.perf_counter() - start
     label = METHOD_KEYS[kind]
-    out[f"{label} + LR"], out[f"{label} + LR (CV C)"] = fixed, tuned
-    info[f"{label} + LR (CV C) best C"] = best_c
+    out[f"{label} + LR"] = fixed
+    if tuned is not None:
+        out[f"{label} + LR (CV C)"] = tuned
+        info[f"{label} + LR (CV C) best C"] = best_c
     return out, info
 
 
+def used_clips(task):
+    return np.unique(np.concatenate([np.concatenate([tr, te]) for _, tr, te in task["splits"]]))
+
+
+def frozen_cache_path(task, args):
+    """Cache file of a task's frozen embeddings (None without ``--cache-dir``).
+
+    Named by a digest of the clips, backbone, frozen parameters and rate; the
+    digest of the package's inference code (pooling, front end, backbones) is part
+    of it, so a change there recomputes them.
+    """
+    if args.cache_dir is None:
+        return None
+    import hashlib
+
+    used = used_clips(task)
+    # Every parameter of the frozen model, defaults included (a default may change).
+    params = make_model("frozen", args, 0, task["rate"]).get_params()
+    params = sorted((k, v) for k, v in params.items() if k not in ("random_state", "verbose"))
+    digest = hashlib.sha256(repr((params, task["rate"], used.tolist())).encode())
+    package = ROOT / "skaudio_confit"
+    for path in sorted([package / "_pooling.py", package / "_audio.py",
+                        *(package / "backbones").glob("*.py")]):
+        digest.update(path.read_bytes())
+    for i in used:
+        digest.update(np.ascontiguousarray(task["X"][i]).tobytes())
+    return args.cache_dir / f"frozen-{digest.hexdigest()[:20]}.npy"
+
+
 def frozen_embeddings_of(task, args):
-    """The pretrained encoder's embeddings of every clip used by the task (seed-free)."""
-    used = np.unique(np.concatenate([np.concatenate([tr, te]) for _, tr, te in task["splits"]]))
+    """The pretrained encoder's embeddings of every clip used by the task (seed-free).
+
+    With ``--cache-dir`` they are read from, or written to, a file named by a digest
+    of the clips, the backbone, the frozen parameters and the package sources.
+    """
+    used = used_clips(task)
+    cache = frozen_cache_path(task, args)
+    if cache is not None and cache.is_file():
+        return np.load(cache), 0.0, len(used)
     model = make_model("frozen", args, 0, task["rate"])
     classes = np.unique(task["y"][used])
     first = [int(np.flatnonzero(task["y"][used] == c)[0]) for c in classes[:2]]
@@ -287,7 +429,11 @@ def frozen_embeddings_of(task, args):
     start = time.perf_counter()
     E = np.zeros((len(task["X"]), model.backbone_.hidden_size), dtype=np.float32)
     E[used] = model.transform([task["X"][i] for i in used])
-    return E, time.perf_counter() - start, len(used)
+    seconds = time.perf_counter() - start
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, E)
+    return E, seconds, len(used)
 
 
 # ----------------------------------------------------------------- scoring
@@ -300,12 +446,13 @@ def score_task(name, y, predictions, splits):
     """
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-    if name == "fsdd-speaker-fewshot":
+    if name in ("fsdd-speaker-fewshot", "fsdd60-fewshot"):
         (split, _, test_idx), = splits
         return {"accuracy": accuracy_score(y[test_idx], predictions[split])}
-    if name == "fsdd-digit-unseen-speaker":
+    if not name.startswith("drums"):  # the mean over held-out speakers or soundfonts
         per = {s: accuracy_score(y[te], predictions[s]) for s, _, te in splits}
-        return {"accuracy": float(np.mean(list(per.values()))), "per_speaker": per}
+        key = "per_speaker" if name == "fsdd-digit-unseen-speaker" else "per_fold"
+        return {"accuracy": float(np.mean(list(per.values()))), key: per}
     true = np.concatenate([y[te] for _, _, te in splits])
     pred = np.concatenate([predictions[s] for s, _, _ in splits])
     labels = np.unique(y)
@@ -379,12 +526,18 @@ def variant_summary(path):
             "epochs": other["epochs"], "learning_rate": other["learning_rate"],
             "pairtune_params": other["pairtune_params"],
             "finetune_params": other["finetune_params"], "seeds": other["seeds"],
-            "total_seconds": other["total_seconds"], "results": results}
+            "total_seconds": other["total_seconds"], "results": results,
+            # Runs from before the recipe defaults existed used the paper's recipe.
+            "package_defaults": other.get("package_defaults",
+                                          {"layer": -1, "learning_rate": 5e-5,
+                                           "lr_schedule": "constant"}),
+            "splits": sorted({f["split"] for f in other.get("fits", [])})}
 
 
 def variants_markdown(report):
     """Table: the main run's rows and each variant's, primary metric per task."""
-    tasks = list(TASKS)
+    tasks = [t for t in TASKS if t in report["results"]
+             or any(t in v["results"] for v in report["variants"])]
     header = ["Run", "Method", "Epochs", "lr", "Other"] + tasks
     rows = []
 
@@ -412,14 +565,19 @@ def variants_markdown(report):
         methods = sorted({m for r in v["results"].values() for m in r},
                          key=lambda m: ALL_METHODS.index(m))
         other = {**v["pairtune_params"], **v["finetune_params"]}
+        base = v.get("package_defaults", {})
+        base = (f"layer={base.get('layer')}, {base.get('lr_schedule')}"
+                if base else "defaults")
         for m in methods:
             rows.append([v["name"], m, str(v["epochs"]), f"{v['learning_rate']:g}",
-                         ", ".join(f"{k}={val}" for k, val in other.items()) or "defaults"]
+                         ", ".join(f"{k}={val}" for k, val in other.items()) or base]
                         + cells(v["results"], m))
     lines = [_common.markdown_table(header, rows, align=["l"] * 5 + ["r"] * len(tasks)), "",
              "Cells: primary metric (accuracy; balanced accuracy on drums), mean ± std over "
              "seeds (per-seed values). Commands of the variant runs:", ""]
-    lines += [f"- {v['name']}: `{v['command']}` ({v['total_seconds'] / 60:.0f} min)"
+    lines += [f"- {v['name']}: `{v['command']}` ({v['total_seconds'] / 60:.0f} min"
+              + (f"; held-out {', '.join(v['splits'])} only" if v.get("splits") else "")
+              + f"; other parameters: {v.get('package_defaults')})"
               for v in report["variants"]]
     return "\n".join(lines)
 
@@ -489,8 +647,11 @@ def markdown(report):
          f"learning rate {d['learning_rate']:g}, other parameters at their defaults"
          + (f" except PairTune {d['pairtune_params']}" if d["pairtune_params"] else "")
          + (f" and FineTune {d['finetune_params']}" if d["finetune_params"] else "")
-         + f"; seeds {d['seeds']}. Frozen: `PairTuneTransformer(epochs=0)`, seed-free "
-         "(its spread is 0)."),
+         + f"; seeds {d['seeds']}. Frozen: `PairTuneTransformer(epochs=0)`"
+         + (f" with {d['frozen_params']}" if d.get("frozen_params") else "")
+         + ", seed-free (its spread is 0)."
+         + (f" Package defaults at this commit: {d['package_defaults']}."
+            if d.get("package_defaults") else "")),
         ("LR = `StandardScaler + LogisticRegression(max_iter=2000)`, C=1, fitted on the "
          "model's embeddings of the training clips. FineTune is scored by its own "
          "jointly trained linear head."),
@@ -505,7 +666,9 @@ def markdown(report):
         desc = d["tasks"][task]
         extra = ""
         if "rotations" in desc:
-            extra = f"; held-out speakers {', '.join(desc['rotations'])} (mean over them per seed)"
+            held = "soundfonts" if task.startswith("gm") else "speakers"
+            extra = (f"; held-out {held} {', '.join(desc['rotations'])} (mean over them "
+                     "per seed)")
         if "peak_normalised" in desc:
             extra = (f"; clips {'peak-normalised' if desc['peak_normalised'] else 'at recorded level'}"
                      "; balanced accuracy, macro-F1 and accuracy of the out-of-fold "
@@ -577,14 +740,34 @@ def markdown(report):
                 lines += [f"{mm}:", "", _common.markdown_table(["true \\ predicted"] + labs, rows),
                           ""]
 
-    lines += ["### Fit time (seconds per fit, mean over seeds and splits)", ""]
+    for task, res in d["results"].items():
+        if not task.startswith("gm"):
+            continue
+        lines += [f"### {task} by held-out soundfont (mean ± std over seeds)", ""]
+        folds = d["tasks"][task]["rotations"]
+        rows = []
+        for mm in ALL_METHODS:
+            if mm in res:
+                ps = res[mm]["per_seed"]
+                rows.append([mm] + [fmt({"mean": np.mean([r["per_fold"][f] for r in ps]),
+                                         "std": np.std([r["per_fold"][f] for r in ps],
+                                                       ddof=1) if len(ps) > 1 else 0.0})
+                                    for f in folds])
+        lines += [_common.markdown_table(["Method"] + list(folds), rows), ""]
+
+    lines += ["### Fit time and optimiser steps (per fit, mean over seeds and splits)", ""]
     rows = []
     for task, res in d["results"].items():
         t = d["timing"].get(task, {})
+        steps = {m: [f["steps"] for f in d["fits"] if f["task"] == task and f["model"] == m
+                     and f.get("steps") is not None] for m in ("FineTune", "PairTune")}
         rows.append([task] + [f"{t[k]:.0f}" if t.get(k) is not None else "n/a"
-                              for k in ("FineTune", "PairTune", "frozen_embed")])
-    lines += [_common.markdown_table(["Task", "FineTune fit", "PairTune fit",
-                                      "Frozen: embed all clips"], rows), ""]
+                              for k in ("FineTune", "PairTune", "frozen_embed")]
+                    + [f"{np.mean(steps[m]):.0f}" if steps[m] else "n/a"
+                       for m in ("FineTune", "PairTune")])
+    lines += [_common.markdown_table(["Task", "FineTune fit s", "PairTune fit s",
+                                      "Frozen: embed all clips s", "FineTune steps",
+                                      "PairTune steps"], rows), ""]
 
     lines += ["## Goal check: PairTune + LR >= FineTune and >= Frozen + LR", ""]
     rows = []
@@ -601,13 +784,74 @@ def markdown(report):
     if d.get("findings"):
         lines += ["## Findings", "", d["findings"].strip(), ""]
     if d.get("variants"):
-        lines += ["## Variants (exploratory runs: same seeds and splits, one setting "
-                  "changed)", "", variants_markdown(d), ""]
+        lines += ["## Variants (exploratory screens: seeds and held-out folds as listed below; "
+                  "settings as in the Other column)", "", variants_markdown(d), ""]
     lines += [f"![accuracy bar chart]({d['figure']})", ""]
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------- main
+
+
+def merge_reports(paths):
+    """One report from runs that each covered some seeds and held-out folds.
+
+    Per task, method and seed, the per-fold accuracies of all runs are pooled and
+    the seed's accuracy is their mean; every seed must end up with the same folds.
+    Fits and timings are concatenated; ``total_seconds`` is the longest run's (they
+    ran side by side), ``cpu_process_seconds`` their sum.
+    """
+    runs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    report = {k: v for k, v in runs[0].items() if k not in ("results", "fits", "timing")}
+    report["command"] = "; ".join(r["command"] for r in runs)
+    report["merged_from"] = [Path(p).name for p in paths]
+    report["seeds"] = sorted({s for r in runs for s in r["seeds"]})
+    report["fits"] = [f for r in runs for f in r["fits"]]
+    report["total_seconds"] = max(r["total_seconds"] for r in runs)
+    report["cpu_process_seconds"] = sum(r["total_seconds"] for r in runs)
+    commits = {(r.get("code") or {}).get("package_sha256") for r in runs}
+    if len(commits) > 1:
+        raise ValueError(f"the runs measured different package sources: {commits}")
+    report["results"], report["timing"], report["tasks"] = {}, {}, {}
+    for name in sorted({t for r in runs for t in r["results"]}, key=TASKS.index):
+        folds = {}  # method -> seed -> fold -> accuracy
+        for r in runs:
+            if name not in r["results"]:
+                continue
+            report["tasks"][name] = dict(r["tasks"][name])
+            for method, res in r["results"][name].items():
+                for row in res["per_seed"]:
+                    seeds = report["seeds"] if method.startswith("Frozen") else [row["seed"]]
+                    for seed in seeds:  # the frozen encoder's folds hold for every seed
+                        folds.setdefault(method, {}).setdefault(seed, {}).update(
+                            row["per_fold"])
+        results = {}
+        for method in ALL_METHODS:
+            if method not in folds:
+                continue
+            per_seed = [{"seed": seed, "accuracy": float(np.mean(list(f.values()))),
+                         "per_fold": f} for seed, f in sorted(folds[method].items())]
+            if len({tuple(sorted(r["per_fold"])) for r in per_seed}) > 1:
+                raise ValueError(f"{name} {method}: seeds cover different folds")
+            results[method] = {"summary": summarise(per_seed, ("accuracy",)),
+                               "per_seed": per_seed}
+        report["results"][name] = results
+        report["tasks"][name]["rotations"] = sorted(
+            next(iter(results.values()))["per_seed"][0]["per_fold"])
+        fits = [f for f in report["fits"] if f["task"] == name]
+        mean = lambda model: (float(np.mean([f["fit_seconds"] for f in fits
+                                             if f["model"] == model]))
+                              if any(f["model"] == model for f in fits) else None)
+        report["timing"][name] = {"FineTune": mean("FineTune"), "PairTune": mean("PairTune"),
+                                  "frozen_embed": None}
+    report["load_average_at_end"] = runs[-1].get("load_average_at_end")
+    return report
+
+
+def _package_default(name):
+    from skaudio_confit import PairTuneTransformer
+
+    return PairTuneTransformer().get_params()[name]
 
 
 def run(args, argv):
@@ -627,9 +871,13 @@ def run(args, argv):
         "seeds": args.seeds,
         "backbone": args.backbone or "bundled Whisper tiny.en encoder",
         "epochs": args.epochs,
-        "learning_rate": args.learning_rate,
+        "learning_rate": (args.learning_rate if args.learning_rate is not None
+                          else _package_default("learning_rate")),
+        "package_defaults": {k: _package_default(k) for k in (
+            "layer", "learning_rate", "lr_schedule", "epochs", "batch_size", "keep_best")},
         "pairtune_params": dict(args.pairtune),
         "finetune_params": dict(args.finetune),
+        "frozen_params": dict(args.frozen),
         "c_grid": args.c_grid,
         "max_splits": args.max_splits,
         "methods": {"Frozen + LR": "PairTuneTransformer(epochs=0) + StandardScaler + "
@@ -711,7 +959,9 @@ def main(argv=None):
     args = parse_args(argv)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.output_dir / f"{args.name}.json"
-    if args.render_only:
+    if args.merge is not None:
+        report = merge_reports(args.merge)
+    elif args.render_only:
         report = json.loads(json_path.read_text(encoding="utf-8"))
     else:
         report = run(args, argv)

@@ -4,7 +4,9 @@ Question: does contrastive fine-tuning (PairTune) make the embedding space less
 anisotropic, less dominated by a few "rogue" dimensions and better separated by
 class than cross-entropy fine-tuning (FineTune) and the frozen pretrained encoder?
 
-Protocol: FSDD speaker identification, few-shot. FineTune and PairTune are fitted
+Protocol (``--task fsdd-speaker``, the default; ``--task gm128-fewshot`` measures
+the same on 128-way GM program ID, one held-out soundfont, see accuracy.py):
+FSDD speaker identification, few-shot. FineTune and PairTune are fitted
 with the same backbone, epochs, learning rate and seed on takes 5-9 (300 clips, 5
 per speaker and digit); the frozen encoder is ``PairTuneTransformer(epochs=0)``.
 Each model embeds the official test clips (takes 0-4, 300 clips), and on those
@@ -62,9 +64,51 @@ def parse_args(argv=None):
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--projection", default="auto", choices=("auto", "umap", "tsne", "pca"),
                         help="2-D projection of the plots (auto: UMAP if installed, else t-SNE)")
+    parser.add_argument("--task", default="fsdd-speaker",
+                        choices=("fsdd-speaker", "gm128-fewshot"),
+                        help="fsdd-speaker (default) or gm128-fewshot (128 GM programs, "
+                             "4 clips each from two soundfonts, tested on the third)")
+    parser.add_argument("--gm-fold", default="timgm6mb",
+                        help="held-out soundfont of gm128-fewshot (default: timgm6mb)")
+    parser.add_argument("--params", type=_key_value, nargs="+", default=[],
+                        metavar="KEY=VALUE",
+                        help="extra parameters of all three models (e.g. layer=2)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's own choice)")
     parser.add_argument("--output-dir", type=Path, default=_common.RESULTS_DIR)
     parser.add_argument("--name", default="analysis", help="output file stem")
     return parser.parse_args(argv)
+
+
+def _key_value(text):
+    from accuracy import key_value
+
+    return key_value(text)
+
+
+def load_task_data(args):
+    """Train and test clips of ``args.task``, and a description for the report."""
+    if args.task == "fsdd-speaker":
+        X_train, y_train, X_test, y_test, rate = load_data()
+        return X_train, y_train, X_test, y_test, rate, {
+            "name": "Free Spoken Digit Dataset (bundled)",
+            "task": "speaker identification, 6 speakers",
+            "train": f"takes 5-9, {len(X_train)} clips (5 per speaker and digit)",
+            "test": f"official test split, takes 0-4, {len(X_test)} clips",
+            "sampling_rate": rate,
+        }
+    import accuracy
+
+    task = accuracy.load_task(args.task, accuracy.parse_args(["--gm-folds", args.gm_fold]))
+    (_, train, test), = task["splits"]
+    X, y = task["X"], task["y"]
+    return ([X[i] for i in train], y[train], [X[i] for i in test], y[test], task["rate"], {
+        "name": "gm_instruments, Core-3",
+        "task": "GM program identification, 128 classes",
+        "train": f"{len(train)} clips: 4 per program from the two training soundfonts",
+        "test": f"held-out soundfont {args.gm_fold}, {len(test)} clips",
+        "sampling_rate": task["rate"],
+    })
 
 
 def load_data():
@@ -83,9 +127,10 @@ def make_model(name, args, seed, sampling_rate):
     from skaudio_confit import FineTuneClassifier, PairTuneTransformer
 
     common = {"backbone": args.backbone, "sampling_rate": sampling_rate,
-              "device": args.device, "random_state": seed, "verbose": 0}
+              "device": args.device, "random_state": seed, "verbose": 0,
+              **dict(args.params)}
     if name == "Frozen":
-        return PairTuneTransformer(epochs=0, **common)
+        return PairTuneTransformer(**{**common, "epochs": 0})
     if name == "FineTune":
         return FineTuneClassifier(epochs=args.epochs, learning_rate=args.learning_rate,
                                   **common)
@@ -164,8 +209,10 @@ def plot(embeddings, y_test, results, args, path):
         plot_separability(E, y_test, method=args.projection, ax=ax, random_state=0,
                           title=title)
         method = ax.get_xlabel().rsplit(" ", 1)[0]
-    fig.suptitle("FSDD speaker ID, test clips (takes 0-4), embeddings coloured by speaker "
-                 f"({method}, cosine geometry; seed {args.seeds[0]})")
+    what = ("FSDD speaker ID, test clips (takes 0-4), embeddings coloured by speaker"
+            if args.task == "fsdd-speaker" else
+            f"GM 128-way, held-out soundfont {args.gm_fold}, coloured by program")
+    fig.suptitle(f"{what} ({method}, cosine geometry; seed {args.seeds[0]})")
     fig.savefig(path, dpi=110)
     return method
 
@@ -190,13 +237,14 @@ def markdown(report, summaries):
         (f"Backbone: {report['backbone']} ({report['embedding_dims']}-dim embeddings). "
          f"FineTune and PairTune: {protocol['epochs']} "
          f"epochs, learning rate {protocol['learning_rate']}, other parameters at their "
-         f"defaults, seeds {report['seeds']}. Frozen: `PairTuneTransformer(epochs=0)`, "
+         f"defaults{' except ' + str(report['params']) if report.get('params') else ''}, "
+         f"seeds {report['seeds']}. Frozen: `PairTuneTransformer(epochs=0)`, "
          "independent of the seed (measured once)."),
         ("Metrics on the test embeddings: anisotropy = mean cosine similarity of "
          "distinct pairs; top-k share = fraction of that similarity due to the k "
          "largest-contributing dimensions; dims k % = how many dimensions it takes to "
          "reach k % of it (Timkey & van Schijndel 2021); silhouette score under the "
-         "cosine distance, by speaker; LogReg acc. = test accuracy of "
+         "cosine distance, by class; LogReg acc. = test accuracy of "
          "StandardScaler + LogisticRegression fitted on the model's training embeddings."),
     ]
     if len(report["seeds"]) > 1:
@@ -231,9 +279,9 @@ def main(argv=None):
     date = _common.now()
     machine = _common.machine(args.device)
 
-    X_train, y_train, X_test, y_test, rate = load_data()
-    print(f"FSDD speaker ID: {len(X_train)} training clips (takes 5-9), "
-          f"{len(X_test)} test clips (takes 0-4)", flush=True)
+    _common.set_threads(args.threads)
+    X_train, y_train, X_test, y_test, rate, data = load_task_data(args)
+    print(f"{args.task}: {len(X_train)} training clips, {len(X_test)} test clips", flush=True)
 
     results = {name: {"per_seed": []} for name in MODELS}
     first_embeddings = {}
@@ -269,13 +317,8 @@ def main(argv=None):
         "seeds": args.seeds,
         "backbone": args.backbone or "bundled Whisper tiny.en encoder",
         "embedding_dims": int(next(iter(first_embeddings.values())).shape[1]),
-        "data": {
-            "name": "Free Spoken Digit Dataset (bundled)",
-            "task": "speaker identification, 6 speakers",
-            "train": f"takes 5-9, {len(X_train)} clips (5 per speaker and digit)",
-            "test": f"official test split, takes 0-4, {len(X_test)} clips",
-            "sampling_rate": rate,
-        },
+        "data": data,
+        "params": dict(args.params),
         "protocol": {
             "models": {"Frozen": "PairTuneTransformer(epochs=0)",
                        "FineTune": "FineTuneClassifier", "PairTune": "PairTuneTransformer"},
@@ -285,7 +328,7 @@ def main(argv=None):
             "embeddings": "transform() of the test clips (mean-pooled last layer)",
             "classifier": "StandardScaler + LogisticRegression(max_iter=2000) on the "
                           "training clips' embeddings",
-            "separability": "silhouette score, cosine distance, speaker labels",
+            "separability": "silhouette score, cosine distance, class labels",
             "dimension_contribution": "Timkey & van Schijndel (2021): share of dimension i "
                                       "= E[u_i v_i] / E[cos(u, v)] over distinct pairs",
         },

@@ -3,7 +3,9 @@
 Question: does PairTune reach its accuracy plateau in far fewer epochs than FineTune
 (the paper: "in a third of the epochs")?
 
-Protocol: FSDD speaker identification, few-shot (train takes 5-9, 300 clips; held
+Protocol (``--task fsdd-speaker``, the default; ``--task gm128-fewshot`` runs the same
+on 128-way GM program ID with one held-out soundfont): FSDD speaker identification,
+few-shot (train takes 5-9, 300 clips; held
 out: the official test split, takes 0-4, 300 clips), ``--epochs`` epochs (default
 10) per model and seed, all with the same backbone, learning rate and seeds. Both
 estimators are fitted with ``validation_data=(test clips)``, which records
@@ -79,6 +81,16 @@ def parse_args(argv=None):
     parser.add_argument("--backbone", default=None,
                         help="hub id or local directory (default: bundled Whisper tiny.en)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--task", default="fsdd-speaker",
+                        choices=("fsdd-speaker", "gm128-fewshot"),
+                        help="fsdd-speaker (6 classes, default) or gm128-fewshot (128 GM "
+                             "programs, 4 clips each, Core-3; one held-out soundfont)")
+    parser.add_argument("--gm-fold", default="timgm6mb",
+                        help="held-out soundfont of gm128-fewshot (default: timgm6mb)")
+    parser.add_argument("--params", type=_key_value, nargs="+", default=[],
+                        metavar="KEY=VALUE",
+                        help="extra parameters of every model and of the frozen encoder "
+                             "(e.g. layer=2)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's own choice)")
     parser.add_argument("--output-dir", type=Path, default=_common.RESULTS_DIR)
@@ -90,7 +102,22 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_data():
+def _key_value(text):
+    from accuracy import key_value
+
+    return key_value(text)
+
+
+def load_data(args=None):
+    if args is not None and args.task != "fsdd-speaker":
+        import accuracy
+
+        task_args = accuracy.parse_args(["--gm-folds", args.gm_fold])
+        task = accuracy.load_task(args.task, task_args)
+        (_, train, test), = task["splits"]
+        X, y = task["X"], task["y"]
+        return ([X[i] for i in train], y[train], [X[i] for i in test], y[test],
+                task["rate"])
     from skaudio_confit.datasets import load_spoken_digits
 
     bunch = load_spoken_digits(target="speaker")
@@ -149,7 +176,7 @@ def make_model(key, args, seed, rate):
     cls = probing(PairTuneTransformer if estimator == "PairTune" else FineTuneClassifier)
     return cls(backbone=args.backbone, sampling_rate=rate, device=args.device,
                random_state=seed, verbose=0, epochs=args.epochs,
-               learning_rate=args.learning_rate, **extra)
+               learning_rate=args.learning_rate, **{**dict(args.params), **extra})
 
 
 def epochs_to(curve, fraction, plateau):
@@ -188,7 +215,9 @@ def frozen_scores(X_train, y_train, X_test, y_test, args, rate):
     from skaudio_confit._estimator import nearest_centroid_accuracy
 
     model = PairTuneTransformer(backbone=args.backbone, sampling_rate=rate, epochs=0,
-                                device=args.device, verbose=0).fit(X_train, y_train)
+                                device=args.device, verbose=0,
+                                **{k: v for k, v in dict(args.params).items()
+                                   if k in ("layer", "max_duration")}).fit(X_train, y_train)
     E_train, E_test = model.transform(X_train), model.transform(X_test)
     return {"nc": nearest_centroid_accuracy(E_train, y_train, E_test, y_test),
             "lr": probe_accuracy(E_train, y_train, E_test, y_test)}
@@ -237,7 +266,9 @@ def plot(report, path):
         ax.grid(alpha=0.3)
     full.set_ylabel("held-out accuracy (mean ± std over seeds)")
     zoom.legend(loc="lower right", fontsize=7.5, framealpha=0.9)
-    fig.suptitle(f"{report.get('task_title', 'FSDD speaker ID (300 train / 300 test clips)')}, "
+    title = ("FSDD speaker ID (300 train / 300 test clips)"
+             if report.get("task", "fsdd-speaker") == "fsdd-speaker" else report["task"])
+    fig.suptitle(f"{title}, "
                  f"{report['backbone']}, lr {report['learning_rate']:g}; seeds "
                  f"{report['seeds']}", fontsize=10)
     fig.savefig(path, dpi=110)
@@ -264,9 +295,16 @@ def markdown(report):
          f"torch {m['torch']} on {d['device']}{gpu}"),
         f"Command: `{d['command']}`",
         code_line(d.get("code")),
-        ("Data: FSDD speaker identification (6 speakers); train takes 5-9 (300 clips), "
-         "held out: official test split, takes 0-4 (300 clips), passed as `validation_data` "
-         "(recorded per epoch only: no early stopping, no weight selection)."),
+        (("Data: FSDD speaker identification (6 speakers); train takes 5-9 (300 clips), "
+          "held out: official test split, takes 0-4 (300 clips)"
+          if d.get("task", "fsdd-speaker") == "fsdd-speaker" else
+          f"Data: {d['task']}: GM program ID (128 classes), 4 clips per program from the "
+          "two other Core-3 soundfonts (512 clips), held out: every clip of the held-out "
+          "soundfont")
+         + ", passed as `validation_data` (recorded per epoch only: no early stopping, "
+         "no weight selection)."
+         + (f" Parameters of every model (and of the frozen encoder where they apply): "
+            f"{d['params']}." if d.get("params") else "")),
         (f"Backbone: {d['backbone']}; {d['epochs']} epochs, learning rate "
          f"{d['learning_rate']:g}, batch size 32, other parameters at their defaults; "
          f"seeds {d['seeds']}."),
@@ -355,8 +393,8 @@ def run(args, argv):
     started = time.perf_counter()
     code = _common.code_state()
     _common.set_threads(args.threads)
-    X_train, y_train, X_test, y_test, rate = load_data()
-    print(f"FSDD speaker ID: {len(X_train)} training clips, {len(X_test)} held out", flush=True)
+    X_train, y_train, X_test, y_test, rate = load_data(args)
+    print(f"{args.task}: {len(X_train)} training clips, {len(X_test)} held out", flush=True)
     report = {
         "benchmark": "convergence",
         "question": "Does PairTune reach its plateau in about a third of the epochs FineTune "
@@ -371,6 +409,9 @@ def run(args, argv):
         "epochs": args.epochs,
         "learning_rate": args.learning_rate,
         "backbone": args.backbone or "bundled Whisper tiny.en encoder",
+        "task": args.task + (f" (held-out soundfont {args.gm_fold})"
+                             if args.task != "fsdd-speaker" else ""),
+        "params": dict(args.params),
         "n_classes": int(len(np.unique(y_train))),
         "models": {k: {"estimator": v[0], "params": v[1]} for k, v in MODELS.items()
                    if k in args.models},

@@ -26,13 +26,17 @@ ENCODER_PARAMETER_CONSTRAINTS = {
     "max_duration": [Interval(Real, 0, None, closed="neither"), None],
     "epochs": [Interval(Integral, 0, None, closed="left")],
     "learning_rate": [Interval(Real, 0, None, closed="neither")],
+    "head_learning_rate": [Interval(Real, 0, None, closed="neither"), None],
     "weight_decay": [Interval(Real, 0, None, closed="left")],
-    "layer": [Integral],
+    "lr_schedule": [StrOptions({"constant", "linear", "cosine"})],
+    "max_steps": [Interval(Integral, 1, None, closed="left"), None],
+    "layer": [Integral, StrOptions({"middle"})],
     "freeze_feature_encoder": ["boolean"],
     "gradient_checkpointing": ["boolean"],
     "spec_augment": [StrOptions({"auto"}), "boolean"],
     "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
     "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
+    "keep_best": ["boolean"],
     "device": [str],
     "random_state": ["random_state"],
     "verbose": ["verbose"],
@@ -89,7 +93,7 @@ class AudioEncoderMixin:
 
     def _check_backbone(self, backbone):
         """Raise ``ValueError`` if ``layer`` or ``max_duration`` do not suit ``backbone``."""
-        backbone.check_layer(self.layer)
+        backbone.check_layer(self._layer_of(backbone))
         limit = getattr(backbone, "max_samples", None)
         if limit is not None and self.max_duration is not None:
             if self.max_duration * backbone.sampling_rate > limit:
@@ -97,6 +101,10 @@ class AudioEncoderMixin:
                     f"max_duration={self.max_duration} exceeds what this backbone can read "
                     f"in one window ({limit / backbone.sampling_rate:.0f} s)."
                 )
+
+    def _layer_of(self, backbone):
+        """The layer pooled: ``layer``, or for "middle" ``num_layers // 2``."""
+        return backbone.num_layers // 2 if self.layer == "middle" else self.layer
 
     def _window_samples(self, backbone):
         """Window length: max_duration, or the backbone's limit if it has one."""
@@ -194,13 +202,18 @@ class AudioEncoderMixin:
                     lambda: score_fn(backbone, objective, valid_waves, valid_codes,
                                      train_waves, train_codes, device),
                     [backbone, objective], patience=self.n_iter_no_change,
+                    keep_best=self.keep_best,
                 )
                 callbacks = (monitor,)
-            history = train_encoder(
+                if self.keep_best:
+                    history.append(monitor.score_start())
+            history += train_encoder(
                 backbone, objective, train_waves, train_codes,
                 batch_plan=batch_plan(train_codes), epochs=self.epochs,
                 learning_rate=self.learning_rate, weight_decay=self.weight_decay,
-                layer=self.layer, max_samples=max_samples(self.max_duration, backbone.sampling_rate),
+                lr_schedule=self.lr_schedule, max_steps=self.max_steps,
+                layer=self._layer_of(backbone),
+                max_samples=max_samples(self.max_duration, backbone.sampling_rate),
                 device=device, gradient_checkpointing=self.gradient_checkpointing,
                 seed=seed, rng=rng, callbacks=callbacks, verbose=self.verbose,
                 desc=self._fit_label(desc, len(train_waves)),
@@ -240,7 +253,7 @@ class AudioEncoderMixin:
         # Torch threads follow the Dask/loky worker's budget (unchanged elsewhere).
         with budget_threads():
             return embed_waveforms(
-                backbone, waves, layer=self.layer, batch_size=self.batch_size,
+                backbone, waves, layer=self._layer_of(backbone), batch_size=self.batch_size,
                 max_samples=self._window_samples(backbone), device=device, progress=progress,
             )
 

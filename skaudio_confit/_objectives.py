@@ -24,6 +24,14 @@ def _head(in_dim, out_dim):
         return nn.Linear(in_dim, out_dim)
 
 
+def _head_group(head, learning_rate):
+    """The optimiser group of a head: its own learning rate if one is given."""
+    group = {"params": list(head.parameters())}
+    if learning_rate is not None:
+        group["lr"] = learning_rate
+    return [group]
+
+
 class SupConObjective(nn.Module):
     """Supervised contrastive loss on a projection of L2-normalised embeddings.
 
@@ -35,13 +43,18 @@ class SupConObjective(nn.Module):
     """
 
     def __init__(self, in_dim, projection_dim=256, temperature=0.1, mining="multi-similarity",
-                 margin=0.1):
+                 margin=0.1, head_learning_rate=None):
         super().__init__()
         from pytorch_metric_learning import losses, miners
 
         self.projection = _head(in_dim, projection_dim)
+        self.head_learning_rate = head_learning_rate
         self.loss = losses.SupConLoss(temperature=temperature)
         self.miner = miners.MultiSimilarityMiner(epsilon=margin) if mining != "none" else None
+
+    def param_groups(self):
+        """Optimiser groups: the projection head may learn at its own rate."""
+        return _head_group(self.projection, self.head_learning_rate)
 
     def forward(self, pooled, targets):
         z = F.normalize(self.projection(F.normalize(pooled, dim=1)), dim=1)
@@ -67,10 +80,7 @@ class CrossEntropyObjective(nn.Module):
 
     def param_groups(self):
         """Optimiser groups: the head may learn at its own rate."""
-        group = {"params": list(self.head.parameters())}
-        if self.head_learning_rate is not None:
-            group["lr"] = self.head_learning_rate
-        return [group]
+        return _head_group(self.head, self.head_learning_rate)
 
     def forward(self, pooled, targets):
         logits = self.head(pooled)

@@ -89,6 +89,8 @@ def train_encoder(
     epochs,
     learning_rate,
     weight_decay=0.0,
+    lr_schedule="constant",
+    max_steps=None,
     layer=-1,
     max_samples=None,
     device=None,
@@ -114,6 +116,13 @@ def train_encoder(
         Class code of each clip.
     batch_plan : callable
         ``batch_plan(rng) -> list of index arrays``, called once per epoch.
+    lr_schedule : {"constant", "linear", "cosine"}
+        "constant" keeps ``learning_rate`` (the paper); the others warm up linearly
+        over the first tenth of the optimiser steps, then decay to 0 linearly or
+        along a half cosine (transformers' schedules).
+    max_steps : int or None
+        Stop after this many optimiser steps (the schedule spans them), even within
+        an epoch; None: ``epochs`` full epochs.
     max_samples : int or None
         Clips longer than this are randomly cropped to it, anew each epoch.
     seed : int
@@ -128,8 +137,9 @@ def train_encoder(
     Returns
     -------
     history : list of dict
-        One record per epoch: ``epoch``, ``loss``, ``seconds``, ``batches`` and the
-        objective's statistics (summed over the epoch for counts).
+        One record per epoch: ``epoch``, ``loss``, ``seconds``, ``batches``,
+        ``steps`` (optimiser steps so far) and the objective's statistics (summed over
+        the epoch for counts). Callbacks may prepend an epoch-0 record.
 
     Notes
     -----
@@ -145,7 +155,8 @@ def train_encoder(
     with budget_threads():
         return _train_encoder(
             backbone, objective, waves, codes, batch_plan=batch_plan, epochs=epochs,
-            learning_rate=learning_rate, weight_decay=weight_decay, layer=layer,
+            learning_rate=learning_rate, weight_decay=weight_decay,
+            lr_schedule=lr_schedule, max_steps=max_steps, layer=layer,
             max_samples=max_samples, device=device,
             gradient_checkpointing=gradient_checkpointing, seed=seed, rng=rng,
             callbacks=callbacks, verbose=verbose, desc=desc,
@@ -153,8 +164,8 @@ def train_encoder(
 
 
 def _train_encoder(backbone, objective, waves, codes, *, batch_plan, epochs, learning_rate,
-                   weight_decay, layer, max_samples, device, gradient_checkpointing, seed, rng,
-                   callbacks, verbose, desc):
+                   weight_decay, lr_schedule, max_steps, layer, max_samples, device,
+                   gradient_checkpointing, seed, rng, callbacks, verbose, desc):
     from tqdm.auto import tqdm
 
     device = device or torch.device("cpu")
@@ -166,7 +177,8 @@ def _train_encoder(backbone, objective, waves, codes, *, batch_plan, epochs, lea
         device = _rank_device(device)
         _check_same_fit(waves, codes, batch_plan, rng, [
             seed, epochs, learning_rate, weight_decay, layer,
-            -1 if max_samples is None else max_samples,
+            -1 if max_samples is None else max_samples, -1 if max_steps is None else max_steps,
+            ("constant", "linear", "cosine").index(lr_schedule),
         ])
     show = bool(verbose) and rank == 0
     backbone.to(device)
@@ -178,6 +190,14 @@ def _train_encoder(backbone, objective, waves, codes, *, batch_plan, epochs, lea
     groups += (objective.param_groups() if hasattr(objective, "param_groups")
                else [{"params": list(objective.parameters())}])
     optimizer = torch.optim.AdamW(groups, lr=learning_rate, weight_decay=weight_decay)
+    # Steps of the whole fit, for the schedule: the first epoch's plan (drawn from a
+    # copy of rng, so the batches are untouched) times the epochs, or max_steps.
+    steps_per_epoch = math.ceil(len(batch_plan(copy.deepcopy(rng))) / world)
+    total_steps = epochs * steps_per_epoch
+    if max_steps is not None:
+        total_steps = min(total_steps, max_steps)
+    scheduler = _lr_scheduler(optimizer, lr_schedule, total_steps)
+    steps_done = 0
     history = []
     model = None
     # fork_rng keeps the caller's global torch RNG untouched while dropout, masking
@@ -199,13 +219,19 @@ def _train_encoder(backbone, objective, waves, codes, *, batch_plan, epochs, lea
             for epoch in range(1, epochs + 1):
                 batches = batch_plan(rng)
                 n_steps = math.ceil(len(batches) / world)
+                if max_steps is not None:
+                    n_steps = min(n_steps, max_steps - steps_done)
+                    batches = batches[: n_steps * world]
                 record = _run_epoch(
                     model, backbone, optimizer, waves, codes, batches, rng,
                     max_samples=max_samples, device=device, rank=rank, world=world,
+                    scheduler=scheduler,
                     progress=tqdm(total=n_steps, desc=f"{desc} epoch {epoch}/{epochs}",
                                   disable=not show, leave=False, unit="batch"),
                 )
+                steps_done += n_steps
                 record["epoch"] = epoch
+                record["steps"] = steps_done
                 history.append(record)
                 if show:
                     tqdm.write(
@@ -215,7 +241,7 @@ def _train_encoder(backbone, objective, waves, codes, *, batch_plan, epochs, lea
                 stop = any(cb.on_epoch_end(record) for cb in callbacks)
                 if world > 1:  # rank 0 decides, so that no rank waits for the others
                     stop = bool(_broadcast_from_rank0([int(stop)])[0])
-                if stop:
+                if stop or (max_steps is not None and steps_done >= max_steps):
                     break
     finally:
         backbone.mask_rng = None
@@ -228,8 +254,31 @@ def _train_encoder(backbone, objective, waves, codes, *, batch_plan, epochs, lea
     return history
 
 
+def _lr_scheduler(optimizer, lr_schedule, total_steps):
+    """Linear warm-up over a tenth of ``total_steps``, then decay; None if constant.
+
+    Step ``k`` (0-based) runs at ``(k + 1) / warmup`` of the rate while warming up (so
+    the first step already learns), then at ``1 - p`` ("linear") or
+    ``(1 + cos(pi p)) / 2`` ("cosine"), ``p`` going from 0 towards 1 over the rest.
+    """
+    if lr_schedule == "constant":
+        return None
+    warmup = max(1, round(0.1 * total_steps))
+    decay_steps = max(1, total_steps - warmup)
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / decay_steps)
+        if lr_schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def _run_epoch(model, backbone, optimizer, waves, codes, batches, rng, *, max_samples,
-               device, progress, rank=0, world=1):
+               device, progress, rank=0, world=1, scheduler=None):
     model.train()
     start = time.perf_counter()
     total_loss, n_seen = 0.0, 0
@@ -260,6 +309,8 @@ def _run_epoch(model, backbone, optimizer, waves, codes, batches, rng, *, max_sa
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             total_loss += loss.item() * len(idx)
             n_seen += len(idx)
             for key, value in stats.items():
@@ -296,39 +347,60 @@ class ValidationMonitor:
         Whose weights are kept at the best epoch and restored by :meth:`restore_best`.
     patience : int or None
         Stop after this many epochs without improvement; None never stops.
+    keep_best : bool
+        Keep the best epoch's weights even without early stopping, so that
+        :meth:`restore_best` ends training at the best epoch.
     """
 
-    def __init__(self, score_fn, modules, patience=None):
+    def __init__(self, score_fn, modules, patience=None, keep_best=False):
         self.score_fn = score_fn
         self.modules = modules
         self.patience = patience
+        self.keep_best = keep_best
         self.best_score = None
         self.best_epoch = None
         self._best_states = None
         self._since_best = 0
 
-    def on_epoch_end(self, record):
+    def _score(self):
         if _process_group() is None:
-            score = float(self.score_fn())
-        else:
-            # Rank 0 scores; its score holds for all, so every rank keeps the same
-            # best epoch and stops at the same time (the weights are the same).
-            rank, _ = _process_group()
-            score = float(self.score_fn()) if rank == 0 else 0.0
-            score = float(_broadcast_from_rank0([score], dtype=torch.float64)[0])
+            return float(self.score_fn())
+        # Rank 0 scores; its score holds for all, so every rank keeps the same best
+        # epoch and stops at the same time (the weights are the same).
+        rank, _ = _process_group()
+        score = float(self.score_fn()) if rank == 0 else 0.0
+        return float(_broadcast_from_rank0([score], dtype=torch.float64)[0])
+
+    def score_start(self):
+        """Score the weights before training as epoch 0; return its history record.
+
+        The starting (pretrained) weights then compete with every epoch's, so that
+        a fit that keeps the best epoch never ends below where it started.
+        """
+        start = time.perf_counter()
+        record = {"epoch": 0, "loss": None, "batches": 0, "steps": 0}
+        self._update(record)
+        record["seconds"] = time.perf_counter() - start
+        return record
+
+    def on_epoch_end(self, record):
+        self._update(record)
+        return self.patience is not None and self._since_best >= self.patience
+
+    def _update(self, record):
+        score = self._score()
         record["valid_accuracy"] = score
         if self.best_score is None or score > self.best_score:
             self.best_score, self.best_epoch, self._since_best = score, record["epoch"], 0
-            if self.patience is not None:
+            if self.patience is not None or self.keep_best:
                 self._best_states = [
                     {k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.modules
                 ]
         else:
             self._since_best += 1
-        return self.patience is not None and self._since_best >= self.patience
 
     def restore_best(self):
-        """Load the weights of the best epoch back (only kept when stopping early)."""
+        """Load the weights of the best epoch back (kept with patience or keep_best)."""
         if self._best_states is not None:
             for module, state in zip(self.modules, self._best_states):
                 module.load_state_dict(state)

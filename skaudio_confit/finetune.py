@@ -51,15 +51,23 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
         Passes over the training clips.
     batch_size : int, default=32
         Clips per batch (shuffled batches), also at prediction.
-    learning_rate : float, default=5e-5
-        AdamW learning rate of the encoder.
+    learning_rate : float, default=1e-4
+        Peak AdamW learning rate of the encoder (the paper: 5e-5).
     head_learning_rate : float or None, default=None
         Learning rate of the fresh linear head; None uses ``learning_rate`` (the
         paper's setting, where the head learns slowly).
     weight_decay : float, default=0.0
         Decoupled weight decay.
-    layer : int, default=-1
-        Encoder layer whose output is pooled.
+    lr_schedule : {"constant", "linear", "cosine"}, default="cosine"
+        "linear"/"cosine": linear warm-up over the first tenth of the optimiser
+        steps, then decay to 0. "constant": ``learning_rate`` throughout (the paper).
+    max_steps : int or None, default=None
+        Stop after this many optimiser steps (batches), even within an epoch, for
+        comparisons at an equal number of updates. None: ``epochs`` full epochs.
+    layer : int or "middle", default="middle"
+        Encoder layer whose output is pooled ("middle": ``num_layers // 2``); the
+        same default as PairTune's, so that the two compare like for like. The
+        paper's recipe: ``layer=-1, learning_rate=5e-5, lr_schedule="constant"``.
     freeze_feature_encoder : bool, default=False
         Keep the convolutional feature encoder fixed.
     gradient_checkpointing : bool, default=False
@@ -77,6 +85,9 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
     n_iter_no_change : int or None, default=None
         With a validation set, stop after this many epochs without improvement and
         keep the best epoch's weights.
+    keep_best : bool, default=False
+        With a validation set, also score the pretrained encoder (with the fresh head)
+        as epoch 0 and end with the weights of the best-scoring epoch (first on ties).
     device : str, default="auto"
         "auto" (CUDA with bf16 autocast if available, else CPU), "cpu", "cuda:N".
     random_state : int, RandomState instance or None, default=None
@@ -95,8 +106,9 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
     classes_ : ndarray of shape (n_classes,)
         Class labels.
     history_ : list of dict
-        Per epoch: ``loss``, ``train_accuracy``, ``batches``, ``seconds`` and, with a
-        validation set, ``valid_accuracy``.
+        Per epoch: ``loss``, ``train_accuracy``, ``batches``, ``steps`` (optimiser
+        steps so far), ``seconds`` and, with a validation set, ``valid_accuracy``;
+        with ``keep_best``, first an epoch-0 record of the starting weights.
     n_features_in_ : int
         Samples per clip, only when ``fit`` got a 2-D array.
 
@@ -115,7 +127,6 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
     _parameter_constraints = {
         **ENCODER_PARAMETER_CONSTRAINTS,
         "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "head_learning_rate": [Interval(Real, 0, None, closed="neither"), None],
     }
 
     def __init__(
@@ -126,15 +137,18 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
         max_duration=10.0,
         epochs=5,
         batch_size=32,
-        learning_rate=5e-5,
+        learning_rate=1e-4,
         head_learning_rate=None,
         weight_decay=0.0,
-        layer=-1,
+        lr_schedule="cosine",
+        max_steps=None,
+        layer="middle",
         freeze_feature_encoder=False,
         gradient_checkpointing=False,
         spec_augment="auto",
         validation_fraction=None,
         n_iter_no_change=None,
+        keep_best=False,
         device="auto",
         random_state=None,
         verbose=1,
@@ -147,12 +161,15 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
         self.learning_rate = learning_rate
         self.head_learning_rate = head_learning_rate
         self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.max_steps = max_steps
         self.layer = layer
         self.freeze_feature_encoder = freeze_feature_encoder
         self.gradient_checkpointing = gradient_checkpointing
         self.spec_augment = spec_augment
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
+        self.keep_best = keep_best
         self.device = device
         self.random_state = random_state
         self.verbose = verbose

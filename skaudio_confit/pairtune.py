@@ -30,6 +30,11 @@ class PairTuneTransformer(
 ):
     """Contrastive fine-tuning of a pretrained audio encoder (AudioConFit stage 1).
 
+    The defaults differ from the paper's recipe in three places, measured on
+    many-class few-shot tasks (docs/benchmarks.md): the middle layer is pooled, the
+    learning rate peaks at 1e-4 with warm-up and cosine decay. The paper's recipe is
+    ``layer=-1, learning_rate=5e-5, lr_schedule="constant"``.
+
     ``fit`` loads the pretrained encoder afresh and fine-tunes it end to end with
     the supervised contrastive (SupCon) loss: encoder output is mean-pooled over real
     frames, L2-normalised, projected to ``projection_dim`` by one linear layer and
@@ -59,10 +64,19 @@ class PairTuneTransformer(
     samples_per_class : int, default=4
         Clips of each class in a training batch (at least 2, so every anchor has a
         positive).
-    learning_rate : float, default=5e-5
-        Learning rate of the AdamW optimiser, for encoder and head alike.
+    learning_rate : float, default=1e-4
+        Peak learning rate of the AdamW optimiser for the encoder (and the head,
+        unless ``head_learning_rate`` is set). The paper: 5e-5.
+    head_learning_rate : float or None, default=None
+        Learning rate of the projection head; None uses ``learning_rate`` (the paper).
     weight_decay : float, default=0.0
         Decoupled weight decay (with 0, AdamW is the paper's Adam).
+    lr_schedule : {"constant", "linear", "cosine"}, default="cosine"
+        "linear"/"cosine": linear warm-up over the first tenth of the optimiser
+        steps, then decay to 0. "constant": ``learning_rate`` throughout (the paper).
+    max_steps : int or None, default=None
+        Stop after this many optimiser steps (batches), even within an epoch, for
+        comparisons at an equal number of updates. None: ``epochs`` full epochs.
     temperature : float, default=0.1
         Temperature of the SupCon loss.
     projection_dim : int, default=256
@@ -71,9 +85,11 @@ class PairTuneTransformer(
         Hard pair mining rule; "none" uses all pairs.
     mining_margin : float, default=0.1
         Margin (epsilon) of the multi-similarity miner.
-    layer : int, default=-1
+    layer : int or "middle", default="middle"
         Encoder layer whose output is pooled (0 = input of the first transformer
-        layer, -1 = final output), in training and in ``transform``.
+        layer, -1 = final output, "middle" = layer ``num_layers // 2``, 2 of the
+        bundled encoder's 4), in training and in ``transform``; layers above it are
+        not run. The paper pools the final output (-1).
     freeze_feature_encoder : bool, default=False
         Keep the convolutional feature encoder fixed (the paper tunes end to end).
     gradient_checkpointing : bool, default=False
@@ -91,6 +107,10 @@ class PairTuneTransformer(
     n_iter_no_change : int or None, default=None
         With a validation set, stop after this many epochs without a better score and
         keep the weights of the best epoch. None: train all ``epochs``.
+    keep_best : bool, default=False
+        With a validation set, also score the pretrained encoder as epoch 0 and end
+        with the weights of the best-scoring epoch (first on ties), so that the fit
+        never ends below the pretrained encoder on the validation clips.
     device : str, default="auto"
         "auto" (CUDA if available, with bf16 autocast; else CPU), "cpu", "cuda:N".
     random_state : int, RandomState instance or None, default=None
@@ -106,7 +126,9 @@ class PairTuneTransformer(
         Class labels seen in ``fit``.
     history_ : list of dict
         Per epoch: ``loss``, mined ``positive_pairs``/``negative_pairs``,
-        ``batches``, ``seconds`` and, with a validation set, ``valid_accuracy``.
+        ``batches``, ``steps`` (optimiser steps so far), ``seconds`` and, with a
+        validation set, ``valid_accuracy``; with ``keep_best``, first an epoch-0
+        record of the pretrained encoder.
     n_features_in_ : int
         Number of samples per clip, only when ``fit`` got a 2-D array.
 
@@ -146,18 +168,22 @@ class PairTuneTransformer(
         epochs=5,
         batch_size=32,
         samples_per_class=4,
-        learning_rate=5e-5,
+        learning_rate=1e-4,
+        head_learning_rate=None,
         weight_decay=0.0,
+        lr_schedule="cosine",
+        max_steps=None,
         temperature=0.1,
         projection_dim=256,
         mining="multi-similarity",
         mining_margin=0.1,
-        layer=-1,
+        layer="middle",
         freeze_feature_encoder=False,
         gradient_checkpointing=False,
         spec_augment="auto",
         validation_fraction=None,
         n_iter_no_change=None,
+        keep_best=False,
         device="auto",
         random_state=None,
         verbose=1,
@@ -169,7 +195,10 @@ class PairTuneTransformer(
         self.batch_size = batch_size
         self.samples_per_class = samples_per_class
         self.learning_rate = learning_rate
+        self.head_learning_rate = head_learning_rate
         self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.max_steps = max_steps
         self.temperature = temperature
         self.projection_dim = projection_dim
         self.mining = mining
@@ -180,6 +209,7 @@ class PairTuneTransformer(
         self.spec_augment = spec_augment
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
+        self.keep_best = keep_best
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -212,7 +242,7 @@ class PairTuneTransformer(
             X, y, validation_data=validation_data,
             make_objective=lambda backbone, n_classes: SupConObjective(
                 backbone.hidden_size, self.projection_dim, self.temperature, self.mining,
-                self.mining_margin,
+                self.mining_margin, head_learning_rate=self.head_learning_rate,
             ),
             batch_plan=lambda codes: lambda rng: class_balanced_batches(
                 codes, self.batch_size, self.samples_per_class, rng

@@ -36,7 +36,8 @@ from skaudio_confit._threads import thread_budget, torch_threads
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 # One training step per epoch and rank: 12 clips of 3 classes, batches of 6.
-FAST = {"epochs": 1, "batch_size": 6, "learning_rate": 1e-3, "random_state": 0,
+# layer=-1: every encoder parameter gets a gradient, which the DDP tests compare.
+FAST = {"epochs": 1, "batch_size": 6, "learning_rate": 1e-3, "layer": -1, "random_state": 0,
         "verbose": 0, "device": "cpu"}
 PAIRTUNE = {**FAST, "samples_per_class": 2, "projection_dim": 16}
 
