@@ -16,7 +16,7 @@ Tasks (all on data available offline):
   (500 clips), rotating the held-out speaker. A seed's score is the mean
   accuracy over the rotations; per-speaker accuracies are in the JSON.
 - ``gm128-fewshot`` / ``gm16-fewshot``: GM program (128 classes) / family (16)
-  of the gm_instruments notes (/work/shared/data/gm_instruments), Core-3 protocol:
+  of the gm_instruments notes (``../shared/data/gm_instruments`` beside the checkout), Core-3 protocol:
   train on two of fluidr3, timgm6mb, opl3 (one per independent sample lineage),
   test on every clip of the third (767-768), 3 folds, accuracy averaged over them;
   few-shot = 4 clips per program (2 notes from each training soundfont, drawn once
@@ -25,7 +25,7 @@ Tasks (all on data available offline):
 - ``fsdd60-fewshot``: FSDD speaker x digit (60 classes), takes 5-9 (5 per class,
   300 clips) against the official test takes 0-4 (300 clips): unseen takes.
 - ``drums-leave-kits-out``: drum instrument (6 classes) of the Hydrogen drum
-  one-shots in /work/shared/data/drums; ``GroupKFold(4)`` by kit, out-of-fold
+  one-shots in ``../shared/data/drums``; ``GroupKFold(4)`` by kit, out-of-fold
   predictions pooled over the folds, then balanced accuracy, macro-F1 and
   accuracy, as the data set's README suggests. Every clip is peak-normalised
   (``--no-peak-normalise`` to keep levels), so that the recorded velocity
@@ -61,6 +61,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -83,8 +84,12 @@ ALL_METHODS = METHODS + DIAGNOSTICS
 METHOD_KEYS = {"frozen": "Frozen", "finetune": "FineTune", "pairtune": "PairTune"}
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
 TRAIN_TAKES = range(5, 10)
-DRUMS_ROOT = Path("/work/shared/data/drums")
-GM_ROOT = Path("/work/shared/data/gm_instruments")
+# The team's shared data sit beside the checkout (``../shared/data``); override with
+# SKAUDIO_CONFIT_SHARED_DATA to point elsewhere.
+SHARED_DATA = Path(os.environ.get("SKAUDIO_CONFIT_SHARED_DATA",
+                                  Path(__file__).resolve().parents[2] / "shared" / "data"))
+DRUMS_ROOT = SHARED_DATA / "drums"
+GM_ROOT = SHARED_DATA / "gm_instruments"
 # Core-3 protocol of gm_instruments: one soundfont per independent sample lineage.
 GM_CORE3 = ("fluidr3", "timgm6mb", "opl3")
 GM_SHOTS = 4  # clips per program in the few-shot tasks
