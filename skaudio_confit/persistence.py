@@ -391,8 +391,10 @@ def load_estimator(cls, directory):
             f"Saved weights in {str(directory)!r} do not fit the saved {model_type} backbone "
             "config: tensor names or shapes differ from what the config describes."
         ) from None
-    # A transformer fitted frozen without labels (epochs=0, y=None) has no classes_.
-    optional = ("classes_",) if cls._frozen_fit_without_labels else ()
+    # A transformer fitted frozen without labels (epochs=0, y=None) has no classes_ and
+    # an empty history; any trained model must have its classes.
+    frozen = cls._frozen_fit_without_labels and getattr(estimator, "history_", None) == []
+    optional = ("classes_",) if frozen else ()
     _load_checks.check_encoder_fitted(estimator, cls._json_fitted_attributes,
                                       backbone.hidden_size, manifest_path, optional)
     try:

@@ -687,9 +687,11 @@ def test_fsdd_speaker_id_few_shot_beats_the_untuned_encoder():
     tuned_acc = nearest_centroid_accuracy(
         tuned.transform(X_train), y_train, tuned.transform(X_test), y_test
     )
-    # Seen over seeds 0-5: untuned 0.607; tuned 0.88-0.94 (losses 2.96-3.02 -> 1.44-1.76).
-    # On 300 clips one standard error of an accuracy is under 0.03.
-    assert tuned_acc >= base_acc + 0.15, (base_acc, tuned_acc)
+    # With the paper's recipe (last layer), seeds 0-5: untuned 0.607, tuned 0.88-0.94.
+    # With the defaults (middle layer, which is a much better start), seed 0: untuned
+    # 0.887, tuned 0.947. Tuning must remove at least 40 % of the untuned errors; on 300
+    # clips one standard error of an accuracy is under 0.03.
+    assert 1 - tuned_acc <= 0.6 * (1 - base_acc), (base_acc, tuned_acc)
 
 
 def test_transform_streams_in_chunks_with_global_clip_indices(fitted, data, monkeypatch):

@@ -74,11 +74,11 @@ def test_an_explicit_sampling_rate_that_files_do_not_share_is_warned_about(
 def test_progress_lines_name_the_fit(tiny_whisper_encoder_dir, data, capsys):
     X, y = data
     params = {**FAST, "verbose": 1}
-    PairTuneTransformer(tiny_whisper_encoder_dir, epochs=1, learning_rate=1e-4,
+    PairTuneTransformer(tiny_whisper_encoder_dir, epochs=1, learning_rate=3e-4,
                         **params).fit(X, y)
     captured = capsys.readouterr()
     lines = [line for line in (captured.out + captured.err).splitlines()
              if "epoch 1/1: loss" in line]
     assert len(lines) == 1
     assert lines[0].startswith("PairTune(")
-    assert "learning_rate=0.0001" in lines[0] and "on 12 clips" in lines[0]
+    assert "learning_rate=0.0003" in lines[0] and "on 12 clips" in lines[0]
