@@ -393,7 +393,8 @@ def load_estimator(cls, directory):
         ) from None
     # A transformer fitted frozen without labels (epochs=0, y=None) has no classes_ and
     # an empty history; any trained model must have its classes.
-    frozen = cls._frozen_fit_without_labels and getattr(estimator, "history_", None) == []
+    history = getattr(estimator, "history_", None)
+    frozen = cls._frozen_fit_without_labels and isinstance(history, list) and not history
     optional = ("classes_",) if frozen else ()
     _load_checks.check_encoder_fitted(estimator, cls._json_fitted_attributes,
                                       backbone.hidden_size, manifest_path, optional)

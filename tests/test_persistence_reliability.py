@@ -441,6 +441,7 @@ ESTIMATOR_TAMPERING = {
                          "repeated"),
     "classes-missing": ("pairtune", lambda m: m["fitted"].pop("classes_"), "missing"),
     "history-not-a-list": ("pairtune", _set("fitted", history_=5), "history_"),
+    "history-an-array": ("pairtune", _set("fitted", history_=_ndarray([1.0, 2.0])), "history_"),
     "n_features_in-negative": ("pairtune", _set("fitted", n_features_in_=-3),
                                "n_features_in_"),
     "do_normalize-string": ("pairtune", lambda m: m.update(do_normalize="yes"),
