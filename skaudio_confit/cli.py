@@ -613,7 +613,8 @@ def build_parser():
     demo.add_argument("--train-takes", type=_positive_int, default=5,
                       choices=range(1, 46), metavar="N",
                       help="training takes per speaker and digit, 1-45 (5)")
-    demo.add_argument("--learning-rate", type=_positive_float, default=5e-5, help="(5e-5)")
+    demo.add_argument("--learning-rate", type=_positive_float, default=1e-4,
+                      help="peak learning rate (1e-4, the estimators' default)")
     demo.add_argument("--seed", type=int, default=0, help="random_state (0)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
