@@ -274,19 +274,10 @@ def tiny_whisper_checkpoint():
 # cut from 7 layers to 3: receptive field 30 samples, stride 20 samples (the real
 # ones: 400 and 320), so a 10-frame mask span covers about 200 samples.
 REALISTIC_SIZE = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
+    **TINY_WAV2VEC2_KWARGS,
     "conv_dim": (16, 16, 16),
     "conv_kernel": (10, 3, 2),
     "conv_stride": (5, 2, 2),
-    "num_conv_pos_embeddings": 16,
-    "num_conv_pos_embedding_groups": 2,
-    "vocab_size": 8,
-    "pad_token_id": 0,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
 }
 REALISTIC_RECEPTIVE_FIELD = 30
 
