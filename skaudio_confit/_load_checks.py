@@ -156,6 +156,31 @@ def check_encoder_fitted(estimator, names, hidden_size, path, optional=()):
         estimator.intercept_ = estimator.intercept_.astype(np.float32)
 
 
+def check_head_fitted(head, history, n_features, path):
+    """Validate a loaded ``LinearHeadClassifier``'s fitted attributes and history.
+
+    ``n_features`` is the width of what the previous step outputs (None if unknown).
+    Returns the number of classes and of input features.
+    """
+    what = "LinearHeadClassifier."
+    for name in ("classes_", "n_features_in_"):
+        if not hasattr(head, name):
+            raise _invalid(path, f"{what}{name} is missing.")
+    n_classes = _classes(head.classes_, path, f"{what}classes_")
+    _count(head.n_features_in_, path, f"{what}n_features_in_")
+    if n_features is not None and head.n_features_in_ != n_features:
+        raise _invalid(path, f"{what}n_features_in_ is {head.n_features_in_}, but it "
+                             f"receives {n_features} features.")
+    names = getattr(head, "feature_names_in_", None)
+    if names is not None and not (isinstance(names, np.ndarray) and names.shape
+                                  == (head.n_features_in_,)
+                                  and all(isinstance(n, str) for n in names.tolist())):
+        raise _invalid(path, f"{what}feature_names_in_ must be {head.n_features_in_} "
+                             "column names.")
+    _history(history, path)
+    return n_classes, int(head.n_features_in_)
+
+
 def check_sklearn_step(kind, step, n_features, path):
     """Validate a scikit-learn step of a saved pipeline; return its output width.
 

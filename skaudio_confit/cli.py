@@ -268,23 +268,16 @@ def _scores(model, X, y):
     return accuracy_score(y, predicted), balanced_accuracy_score(y, predicted)
 
 
-def _model_card(args, bunch, model, seconds, held_out):
-    import json
-
-    from . import __version__
-
-    params = model.named_steps["pairtune"].get_params()
+def _card_sections(args, bunch, seconds, held_out):
+    """What the saved model's card adds about the data and the fit, by heading."""
     groups = bunch.get("groups")
     lines = [
-        "# skaudio-confit model card", "",
-        f"- Package: skaudio-confit {__version__}",
         f"- Data: `{args.data}`: {len(bunch.target)} clips, {len(bunch.target_names)} classes "
         f"({', '.join(map(str, bunch.target_names[:10]))}"
         f"{', ...' if len(bunch.target_names) > 10 else ''}), {bunch.sampling_rate} Hz"
         + (f", {len(np.unique(groups))} groups ({args.group_column or 'group'})"
            if groups is not None else ""),
         f"- Trained on: all {len(bunch.target)} clips of the data",
-        "- Model: PairTuneTransformer + LogisticRegression",
         f"- Fit time: {seconds:.1f} s",
     ]
     if held_out is None:
@@ -299,13 +292,7 @@ def _model_card(args, bunch, model, seconds, held_out):
             f"{held_out['balanced_accuracy']:.4f}. The saved model saw all clips, so "
             "score it only on new data."
         )
-    lines += [
-        "", "## PairTune parameters", "", "```json",
-        json.dumps({k: (str(v) if v is not None and not isinstance(v, (int, float, str, bool))
-                        else v) for k, v in params.items()}, indent=2, sort_keys=True),
-        "```", "",
-    ]
-    return "\n".join(lines)
+    return {"Training data": "\n".join(lines)}
 
 
 # --------------------------------------------------------------------------- commands
@@ -389,12 +376,12 @@ def _fit(args):
     seconds = time.perf_counter() - start
     out = Path(args.out)
     try:
-        save_pipeline(model, out, overwrite=args.overwrite)
+        save_pipeline(model, out, overwrite=args.overwrite,
+                      card_sections=_card_sections(args, bunch, seconds, held_out))
     except Exception as exc:
         if _is_safetensors_error(exc):  # safetensors reports disk full and I/O errors so
             raise CommandError(f"could not write the model to {str(out)!r}: {exc}") from None
         raise
-    (out / "MODEL_CARD.md").write_text(_model_card(args, bunch, model, seconds, held_out))
     _normalise_modes(out)
     print(f"fitted on all {len(bunch.target)} clips in {seconds:.1f} s; model saved to {out}")
     return 0

@@ -13,21 +13,28 @@ Saves are transactional (``_atomic_save``) and loads check every value they read
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from . import _atomic_save, _load_checks
+from . import _atomic_save, _load_checks, _step_formats
+from ._manifest import (FORMAT_VERSION, check_format_version, checked_weights_file,
+                        from_json, json_bytes, json_value, read_manifest,
+                        read_tensors, tensor_shapes, weights_entry)
+from ._model_card import MODEL_CARD, model_card
 
-FORMAT_VERSION = 1
+__all__ = ["FORMAT_VERSION", "MANIFEST", "MODEL_CARD", "PIPELINE_MANIFEST", "WEIGHTS",
+           "EncoderPersistenceMixin", "check_save_target", "load_estimator", "load_pipeline",
+           "save_estimator", "save_pipeline"]
+
 MANIFEST = "skaudio_confit.json"
 WEIGHTS = "model.safetensors"
 PIPELINE_MANIFEST = "pipeline.json"
 # A directory holding one of these is a previous save, which a new save may replace.
 _SAVE_MARKERS = (MANIFEST, PIPELINE_MANIFEST)
+# Names a pipeline step cannot take: its files would clash with the save's own.
+_RESERVED = ("", ".", "..", PIPELINE_MANIFEST, MODEL_CARD)
 
 
 def backbone_state(backbone):
@@ -85,12 +92,14 @@ class EncoderPersistenceMixin:
             state["backbone_"] = backbone_from_state(state["backbone_"])
         super().__setstate__(state)
 
-    def save(self, directory, *, overwrite=False):
+    def save(self, directory, *, overwrite=False, card_sections=None):
         """Write the fitted estimator to ``directory`` (safetensors + JSON, no pickle).
 
-        The save is transactional: it is written to a fresh sibling directory, loaded
-        back, and only then moved into place, so a failure at any point leaves a
-        previous save in ``directory`` loadable and unchanged.
+        Besides the weights and the manifest, the save holds a model card
+        (``MODEL_CARD.md``, a Hugging Face model card) saying what was saved and how
+        to load it. The save is transactional: it is written to a fresh sibling
+        directory, loaded back, and only then moved into place, so a failure at any
+        point leaves a previous save in ``directory`` loadable and unchanged.
 
         Parameters
         ----------
@@ -100,8 +109,11 @@ class EncoderPersistenceMixin:
             Replace ``directory`` even if it is a non-empty directory that does not
             hold a previous save (everything in it is removed). Without it, such a
             directory raises ``FileExistsError``.
+        card_sections : dict of str to str, optional
+            Further sections of the model card, ``{heading: Markdown}`` (e.g. what
+            data the model was trained on).
         """
-        save_estimator(self, directory, overwrite=overwrite)
+        save_estimator(self, directory, overwrite=overwrite, card_sections=card_sections)
 
     @classmethod
     def load(cls, directory):
@@ -115,43 +127,6 @@ class EncoderPersistenceMixin:
         return load_estimator(cls, directory)
 
 
-def _json_value(value):
-    if isinstance(value, np.ndarray):
-        return {"__ndarray__": value.tolist(), "dtype": str(value.dtype)}
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_value(v) for k, v in value.items()}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise ValueError(
-        f"Cannot save a value of type {type(value).__name__} ({value!r}) in the safe "
-        "format; use an int or None for random_state, or joblib for arbitrary objects."
-    )
-
-
-def _from_json(value):
-    if isinstance(value, dict) and "__ndarray__" in value:
-        if value["dtype"] == "object":
-            out = np.empty(len(value["__ndarray__"]), dtype=object)
-            out[:] = value["__ndarray__"]
-            return out
-        return np.asarray(value["__ndarray__"], dtype=value["dtype"])
-    return value
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _estimator_files(estimator):
     """``{file name: bytes}`` of a fitted estimator's save; all checks come first."""
     from safetensors.numpy import save as safetensors_bytes
@@ -163,7 +138,7 @@ def _estimator_files(estimator):
     state = backbone_state(estimator.backbone_)
     tensors = {k: np.ascontiguousarray(v) for k, v in state["state_dict"].items()}
     fitted = {
-        name: _json_value(getattr(estimator, name))
+        name: json_value(getattr(estimator, name))
         for name in estimator._json_fitted_attributes
         if hasattr(estimator, name)
     }
@@ -172,26 +147,32 @@ def _estimator_files(estimator):
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
         "estimator": type(estimator).__name__,
-        "params": _json_value(estimator.get_params(deep=False)),
+        "params": json_value(estimator.get_params(deep=False)),
         "backbone_config": state["config"],
         "do_normalize": state["do_normalize"],
         "fitted": fitted,
-        "weights": {
-            "file": WEIGHTS,
-            "tensors": {k: list(v.shape) for k, v in tensors.items()},
-            "sha256": hashlib.sha256(weights).hexdigest(),
-        },
+        "weights": weights_entry(WEIGHTS, tensors, weights),
     }
-    return {WEIGHTS: weights, MANIFEST: _json_bytes(manifest)}
+    return {WEIGHTS: weights, MANIFEST: json_bytes(manifest)}
 
 
-def _json_bytes(manifest):
-    return json.dumps(manifest, indent=2, sort_keys=True).encode()
+def _card_file(steps, load_code, sections):
+    """``{MODEL_CARD: bytes}`` of the card of a save holding ``steps``."""
+    if sections is not None and not (
+        isinstance(sections, Mapping)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in sections.items())
+    ):
+        raise TypeError("card_sections must be a dict of str headings to str Markdown, "
+                        f"got {sections!r}.")
+    return {MODEL_CARD: str(model_card(steps, load_code, sections)).encode()}
 
 
-def _write_files(directory, files):
-    for name, data in files.items():
-        _atomic_save.write_file(directory / name, data)
+def _write_tree(directory, files):
+    for relative, data in files.items():
+        path = directory / relative
+        if not path.parent.exists():
+            _atomic_save.make_dir(path.parent)
+        _atomic_save.write_file(path, data)
 
 
 def check_save_target(directory, *, overwrite=False):
@@ -220,8 +201,9 @@ def check_save_target(directory, *, overwrite=False):
     _atomic_save.check_target(directory, _SAVE_MARKERS, overwrite=overwrite)
 
 
-def save_estimator(estimator, directory, *, overwrite=False):
-    """Write ``estimator`` (fitted, with ``backbone_``) as safetensors + JSON manifest.
+def save_estimator(estimator, directory, *, overwrite=False, card_sections=None):
+    """Write ``estimator`` (fitted, with ``backbone_``) as safetensors + JSON manifest,
+    with a model card (``MODEL_CARD.md``; ``card_sections`` adds to it).
 
     Transactional: the files go to a fresh sibling directory, are loaded back with
     :func:`load_estimator`, and only then replace ``directory`` in one rename; on any
@@ -229,59 +211,16 @@ def save_estimator(estimator, directory, *, overwrite=False):
     directories are refused.
     """
     files = _estimator_files(estimator)
+    name = type(estimator).__name__
+    files.update(_card_file(
+        [("model", estimator)],
+        f"from skaudio_confit import {name}\n\n"
+        f"model = {name}.load({Path(directory).name!r})", card_sections))
     _atomic_save.save_directory(
-        directory, lambda staging: _write_files(staging, files),
+        directory, lambda staging: _write_tree(staging, files),
         lambda staging: load_estimator(type(estimator), staging),
         markers=_SAVE_MARKERS, overwrite=overwrite,
     )
-
-
-def _check_format_version(version, path):
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ValueError(
-            f"{str(path)!r} is not a valid manifest: format_version {version!r} is not a "
-            "positive integer."
-        )
-    if version > FORMAT_VERSION:
-        raise ValueError(
-            f"Saved model format version {version!r} is not supported by this version of "
-            f"skaudio-confit (reads up to {FORMAT_VERSION}); upgrade the package."
-        )
-
-
-def _file_inside(directory, name, what):
-    """``directory / name`` if ``name`` is a plain file name; refuse anything that could
-    point outside ``directory`` (``../x``, absolute paths, links leading elsewhere)."""
-    if (not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name
-            or "\\" in name):
-        raise ValueError(
-            f"The manifest in {str(directory)!r} names {what} {name!r}, which is not a plain "
-            "name inside that directory; refusing to read it."
-        )
-    path = directory / name
-    if path.exists() and directory.resolve() not in path.resolve().parents:
-        raise ValueError(
-            f"{what.capitalize()} {str(path)!r} leads outside {str(directory)!r}; refusing "
-            "to read it."
-        )
-    return path
-
-
-def _read_manifest(path):
-    """The manifest at ``path`` as a dict, or a ValueError saying why it is not one."""
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{str(path)!r} is not a valid manifest: {exc}") from None
-    except RecursionError:
-        raise ValueError(f"{str(path)!r} is not a valid manifest: it is nested too "
-                         "deeply.") from None
-    if not isinstance(manifest, dict):
-        raise ValueError(
-            f"{str(path)!r} is not a valid manifest: expected a JSON object, got "
-            f"{type(manifest).__name__}."
-        )
-    return manifest
 
 
 def load_estimator(cls, directory):
@@ -292,17 +231,14 @@ def load_estimator(cls, directory):
     the weight file's sha256, its header against the manifest and the backbone
     config (before any tensor is allocated), tensor dtypes and finiteness.
     """
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
     from .backbones import SUPPORTED_MODEL_TYPES
 
     directory = Path(directory)
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
         raise FileNotFoundError(f"No saved model in {str(directory)!r}: {MANIFEST} is missing.")
-    manifest = _read_manifest(manifest_path)
-    _check_format_version(manifest.get("format_version"), manifest_path)
+    manifest = read_manifest(manifest_path)
+    check_format_version(manifest.get("format_version"), manifest_path)
     if manifest.get("estimator") != cls.__name__:
         raise ValueError(
             f"{str(directory)!r} holds a {manifest.get('estimator')!r}, not a {cls.__name__}."
@@ -336,9 +272,9 @@ def load_estimator(cls, directory):
             f"entries {unknown[:5]}."
         )
     try:
-        estimator = cls(**{k: _from_json(v) for k, v in params.items()})
+        estimator = cls(**{k: from_json(v) for k, v in params.items()})
         for name, value in fitted.items():
-            setattr(estimator, name, _from_json(value))
+            setattr(estimator, name, from_json(value))
     except (TypeError, ValueError, KeyError, OverflowError):
         raise ValueError(
             f"{str(manifest_path)!r} is not a valid manifest: a saved parameter or fitted "
@@ -346,15 +282,8 @@ def load_estimator(cls, directory):
         ) from None
     _load_checks.check_params(estimator, manifest_path)
 
-    weights_path = _file_inside(directory, weights_file, "weight file")
-    if not weights_path.is_file():
-        raise FileNotFoundError(f"Weight file {str(weights_path)!r} is missing.")
-    if _sha256(weights_path) != sha256:
-        raise ValueError(
-            f"Weight file {str(weights_path)!r} does not match the sha256 in the manifest: "
-            "it was altered or truncated."
-        )
-    found = _tensor_shapes(weights_path)
+    weights_path = checked_weights_file(directory, weights_file, sha256)
+    found = tensor_shapes(weights_path)
     if expected != found:
         raise ValueError(
             f"The weights in {str(weights_path)!r} do not match the manifest "
@@ -377,10 +306,7 @@ def load_estimator(cls, directory):
             f"Saved weights in {str(directory)!r} do not fit the saved {model_type} backbone "
             "config: tensor names or shapes differ from what the config describes."
         )
-    try:
-        tensors = load_file(str(weights_path))
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"Could not read weights {str(weights_path)!r}: {exc}") from None
+    tensors = read_tensors(weights_path)
     _load_checks.check_tensors(tensors, described, weights_path)
     try:
         backbone = backbone_from_state(
@@ -411,27 +337,14 @@ _CONFIG_ERRORS = (TypeError, ValueError, KeyError, AttributeError, OverflowError
                   RecursionError, ImportError, RuntimeError, ZeroDivisionError)
 
 
-def _tensor_shapes(path):
-    """Tensor names and shapes from a safetensors header, without reading the data."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="np") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"Could not read weights {str(path)!r}: {exc}") from None
 
 
-# Plain scikit-learn steps the safe pipeline format knows: their fitted attributes,
-# all numpy arrays or scalars, go to JSON.
-_SKLEARN_STEPS = {
-    "LogisticRegression": (
-        "sklearn.linear_model", ("coef_", "intercept_", "classes_", "n_iter_", "n_features_in_")
-    ),
-    "StandardScaler": (
-        "sklearn.preprocessing", ("mean_", "var_", "scale_", "n_samples_seen_", "n_features_in_")
-    ),
-}
+def _step_name(name):
+    """A step name that can name the step's files in the save."""
+    if (not isinstance(name, str) or name in _RESERVED or Path(name).name != name
+            or "\\" in name):
+        raise ValueError(f"Step name {name!r} cannot name a file of the save; rename the step.")
+    return name
 
 
 def _pipeline_files(pipeline):
@@ -441,53 +354,36 @@ def _pipeline_files(pipeline):
     if not isinstance(pipeline, Pipeline):
         raise TypeError(f"save_pipeline needs a scikit-learn Pipeline, got "
                         f"{type(pipeline).__name__}.")
-    files, steps = {}, []
+    files, specs = {}, []
     for name, step in pipeline.steps:
-        kind = type(step).__name__
-        if isinstance(step, EncoderPersistenceMixin):
-            if (not isinstance(name, str) or name in ("", ".", "..", PIPELINE_MANIFEST)
-                    or Path(name).name != name or "\\" in name):
-                raise ValueError(
-                    f"Step name {name!r} cannot name a sub-directory of the save; rename "
-                    "the step."
-                )
-            for file_name, data in _estimator_files(step).items():
-                files[f"{name}/{file_name}"] = data
-            steps.append({"name": name, "kind": kind, "directory": name})
-        elif kind in _SKLEARN_STEPS:
-            fitted = {a: _json_value(getattr(step, a)) for a in _SKLEARN_STEPS[kind][1]
-                      if hasattr(step, a)}
-            steps.append({"name": name, "kind": kind,
-                          "params": _json_value(step.get_params()), "fitted": fitted})
-        else:
-            raise ValueError(
-                f"Step {name!r} ({kind}) has no safe format; supported steps are "
-                f"skaudio-confit estimators and {', '.join(_SKLEARN_STEPS)}. Use joblib "
-                "for other pipelines."
-            )
-    files[PIPELINE_MANIFEST] = json.dumps(
-        {"format_version": FORMAT_VERSION, "steps": steps}, indent=2).encode()
+        kind, fmt = _step_formats.format_of(name, step)
+        entries, step_files = fmt.dump(name, step)
+        if step_files:
+            _step_name(name)
+        clash = {p.split("/")[0] for p in step_files} & {p.split("/")[0] for p in files}
+        if clash:
+            raise ValueError(f"Step {name!r} would write {sorted(clash)}, which another "
+                             "step writes too; rename the step.")
+        files.update(step_files)
+        specs.append({"name": name, "kind": kind, **entries})
+    files[PIPELINE_MANIFEST] = json_bytes({"format_version": FORMAT_VERSION, "steps": specs})
     return files
 
 
-def _write_tree(directory, files):
-    for relative, data in files.items():
-        path = directory / relative
-        if not path.parent.exists():
-            _atomic_save.make_dir(path.parent)
-        _atomic_save.write_file(path, data)
+def save_pipeline(pipeline, directory, *, overwrite=False, card_sections=None):
+    """Write a fitted ``Pipeline`` in the safe format (no pickle), with a model card.
 
-
-def save_pipeline(pipeline, directory, *, overwrite=False):
-    """Write a fitted ``Pipeline`` of skaudio-confit estimators and known scikit-learn
-    steps (LogisticRegression, StandardScaler) in the safe format (no pickle).
-
-    Each audio-encoder step is saved into a sub-directory named after the step; the
-    other steps' parameters and fitted arrays go to ``pipeline.json``. The save is
-    transactional: every step is checked before anything is written, the whole
-    pipeline goes to a fresh sibling directory, is loaded back with
-    :func:`load_pipeline`, and only then replaces ``directory`` in one rename. A
-    failure at any point leaves a previous save there loadable and unchanged.
+    The steps may be skaudio-confit estimators (``PairTuneTransformer``,
+    ``FineTuneClassifier``, ``LinearHeadClassifier``) and the scikit-learn steps
+    ``StandardScaler`` and ``LogisticRegression``. Each audio-encoder step is saved
+    into a sub-directory named after the step, a ``LinearHeadClassifier``'s weights
+    into ``STEP.safetensors``; parameters and the other fitted values go to
+    ``pipeline.json``, and ``MODEL_CARD.md`` (a Hugging Face model card) says what was
+    saved and how to load it. The save is transactional: every step is checked
+    before anything is written, the whole pipeline goes to a fresh sibling
+    directory, is loaded back with :func:`load_pipeline`, and only then replaces
+    ``directory`` in one rename. A failure at any point leaves a previous save there
+    loadable and unchanged.
 
     Parameters
     ----------
@@ -498,8 +394,21 @@ def save_pipeline(pipeline, directory, *, overwrite=False):
     overwrite : bool, default=False
         Replace ``directory`` even if it is a non-empty directory that is not a
         previous save (everything in it is removed); without it, ``FileExistsError``.
+    card_sections : dict of str to str, optional
+        Further sections of the model card, ``{heading: Markdown}`` (e.g. what data
+        the model was trained on).
+
+    Raises
+    ------
+    ValueError
+        A step has no safe format (use joblib for such pipelines), or a step's
+        parameters hold objects that cannot be saved as JSON.
     """
     files = _pipeline_files(pipeline)
+    files.update(_card_file(
+        pipeline.steps,
+        "from skaudio_confit.persistence import load_pipeline\n\n"
+        f"model = load_pipeline({Path(directory).name!r})", card_sections))
     _atomic_save.save_directory(
         directory, lambda staging: _write_tree(staging, files), load_pipeline,
         markers=_SAVE_MARKERS, overwrite=overwrite,
@@ -509,48 +418,28 @@ def save_pipeline(pipeline, directory, *, overwrite=False):
 def load_pipeline(directory):
     """Load what :func:`save_pipeline` wrote, validating every part, without unpickling.
 
-    Besides each encoder step's checks (see :func:`load_estimator`), the scikit-learn
-    steps' parameters are validated and their fitted arrays checked for shape,
-    finiteness and agreement with the width of the previous step's output.
+    Each step is loaded by the format of its kind and checked like a saved estimator
+    (see :func:`load_estimator`): parameters against the step's constraints, fitted
+    arrays for shape, finiteness and agreement with the width of the previous step's
+    output, weight files against their sha256 and header.
     """
-    import importlib
-
     from sklearn.pipeline import Pipeline
-
-    from . import FineTuneClassifier, PairTuneTransformer
 
     directory = Path(directory)
     path = directory / PIPELINE_MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"No saved pipeline in {str(directory)!r}: {PIPELINE_MANIFEST} is missing.")
-    manifest = _read_manifest(path)
-    _check_format_version(manifest.get("format_version"), path)
+        raise FileNotFoundError(
+            f"No saved pipeline in {str(directory)!r}: {PIPELINE_MANIFEST} is missing.")
+    manifest = read_manifest(path)
+    check_format_version(manifest.get("format_version"), path)
     try:
-        encoders = {c.__name__: c for c in (PairTuneTransformer, FineTuneClassifier)}
         specs = manifest["steps"]
         if not isinstance(specs, list) or not specs:
             raise TypeError("steps must be a non-empty list")
         steps, width = [], None
         for spec in specs:
-            kind = spec["kind"]
-            if kind in encoders:
-                step = encoders[kind].load(
-                    _file_inside(directory, spec["directory"], "step directory")
-                )
-                width = step.backbone_.hidden_size
-            elif kind in _SKLEARN_STEPS:
-                module = importlib.import_module(_SKLEARN_STEPS[kind][0])
-                step = getattr(module, kind)(**{k: _from_json(v) for k, v in spec["params"].items()})
-                unknown = sorted(set(spec["fitted"]) - set(_SKLEARN_STEPS[kind][1]))
-                if unknown:
-                    raise ValueError(
-                        f"{str(path)!r} names unknown fitted attributes {unknown[:5]} for {kind}."
-                    )
-                for attr, value in spec["fitted"].items():
-                    setattr(step, attr, _from_json(value))
-                width = _load_checks.check_sklearn_step(kind, step, width, path)
-            else:
-                raise ValueError(f"{str(path)!r} names an unknown step kind {kind!r}.")
+            cls, fmt = _step_formats.format_named(spec["kind"], path)
+            step, width = fmt.load(cls, spec, directory, width, path)
             steps.append((spec["name"], step))
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{str(path)!r} is not a valid pipeline manifest: {exc}") from None

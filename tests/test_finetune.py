@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import pickle
 
-import joblib
 import numpy as np
 import pytest
 from conftest import make_class_sines, tiny_whisper_checkpoint
@@ -149,21 +147,6 @@ def test_errors(tiny_whisper_encoder_dir, data, fitted):
     with pytest.raises(ValueError, match="NaN"):
         fitted.fit([np.full(4000, np.nan, dtype=np.float32)] + X[1:], y)
     np.testing.assert_array_equal(fitted.predict_proba(X), before)
-
-
-@pytest.mark.parametrize("how", ["pickle", "joblib", "save"])
-def test_persistence_round_trips(fitted, data, tmp_path, how):
-    X, _ = data
-    if how == "pickle":
-        again = pickle.loads(pickle.dumps(fitted))
-    elif how == "joblib":
-        joblib.dump(fitted, tmp_path / "m.joblib")
-        again = joblib.load(tmp_path / "m.joblib")
-    else:
-        fitted.save(tmp_path / "model")
-        again = FineTuneClassifier.load(tmp_path / "model")
-    np.testing.assert_array_equal(again.predict_proba(X), fitted.predict_proba(X))
-    np.testing.assert_array_equal(again.classes_, fitted.classes_)
 
 
 def test_clone_and_grid_search(tiny_whisper_encoder_dir, data, fitted):

@@ -8,7 +8,6 @@ second. One slow test fine-tunes the bundled Whisper tiny.en encoder on FSDD.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import pickle
 import shutil
@@ -33,7 +32,6 @@ from sklearn.utils.validation import check_is_fitted
 
 from skaudio_confit import PairTuneTransformer
 from skaudio_confit.backbones import load_backbone
-from skaudio_confit.persistence import MANIFEST, WEIGHTS
 
 SR = 16000
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -482,82 +480,6 @@ def test_joblib_reload_in_a_new_offline_process_without_the_backbone(
     np.testing.assert_array_equal(np.load(tmp_path / "predict.npy"), pipe.predict(X_test))
     np.testing.assert_array_equal(np.load(tmp_path / "proba.npy"), pipe.predict_proba(X_test))
     np.testing.assert_array_equal(np.load(tmp_path / "transform.npy"), pipe[0].transform(X_test))
-
-
-def test_save_load_round_trip(fitted, data, tmp_path):
-    X, _ = data
-    fitted.save(tmp_path / "model")
-    loaded = PairTuneTransformer.load(tmp_path / "model")
-    assert type(loaded) is PairTuneTransformer
-    np.testing.assert_array_equal(loaded.transform(X), fitted.transform(X))
-    assert loaded.get_params() == {**fitted.get_params(), "backbone": str(fitted.backbone)}
-    assert loaded.classes_.dtype == fitted.classes_.dtype
-    np.testing.assert_array_equal(loaded.classes_, fitted.classes_)
-    assert loaded.history_ == fitted.history_
-    assert not hasattr(loaded, "n_features_in_")
-    # Saving again over the same directory replaces the files.
-    loaded.save(tmp_path / "model")
-    np.testing.assert_array_equal(
-        PairTuneTransformer.load(tmp_path / "model").transform(X), fitted.transform(X)
-    )
-
-
-def test_save_load_keeps_mixed_labels_and_n_features_in(whisper_dir, data, tmp_path):
-    X, codes = data
-    mixed = np.empty(3, dtype=object)
-    mixed[:] = [2.5, 7, "x"]
-    X2d = np.stack([x[:2400] for x in X])
-    est = pairtune(whisper_dir, epochs=1).fit(X2d, mixed[codes])
-    est.save(tmp_path)
-    loaded = PairTuneTransformer.load(tmp_path)
-    assert loaded.classes_.dtype == object and loaded.classes_.tolist() == [2.5, 7, "x"]
-    assert [type(c) for c in loaded.classes_] == [float, int, str]
-    assert loaded.n_features_in_ == 2400
-    np.testing.assert_array_equal(loaded.transform(X2d), est.transform(X2d))
-
-
-def test_save_writes_no_pickle_and_load_never_unpickles(fitted, data, tmp_path, monkeypatch):
-    X, _ = data
-    fitted.save(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([MANIFEST, WEIGHTS])
-    manifest = json.loads((tmp_path / MANIFEST).read_text())
-    assert manifest["estimator"] == "PairTuneTransformer"
-    assert not (tmp_path / WEIGHTS).read_bytes().startswith(b"\x80")  # not a pickle
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("load must not unpickle")
-
-    monkeypatch.setattr(pickle, "loads", forbidden)
-    monkeypatch.setattr(pickle, "load", forbidden)
-    monkeypatch.setattr(pickle, "Unpickler", forbidden)
-    monkeypatch.setattr(torch, "load", forbidden)
-    loaded = PairTuneTransformer.load(tmp_path)
-    np.testing.assert_array_equal(loaded.transform(X), fitted.transform(X))
-
-
-def test_load_refuses_tampered_and_truncated_weights(fitted, tmp_path):
-    fitted.save(tmp_path / "ok")
-    original = (tmp_path / "ok" / WEIGHTS).read_bytes()
-    for name, content in [
-        ("flipped", original[:-100] + bytes([original[-100] ^ 0x01]) + original[-99:]),
-        ("flipped_header", original[:20] + bytes([original[20] ^ 0x20]) + original[21:]),
-        ("truncated", original[: len(original) // 2]),
-        ("empty", b""),
-    ]:
-        shutil.copytree(tmp_path / "ok", tmp_path / name)
-        (tmp_path / name / WEIGHTS).write_bytes(content)
-        with pytest.raises(ValueError, match="altered or truncated"):
-            PairTuneTransformer.load(tmp_path / name)
-    PairTuneTransformer.load(tmp_path / "ok")  # the untouched copy still loads
-
-
-def test_load_refuses_a_manifest_for_another_estimator(fitted, tmp_path):
-    fitted.save(tmp_path)
-    manifest = json.loads((tmp_path / MANIFEST).read_text())
-    manifest["estimator"] = "SomethingElse"
-    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="SomethingElse"):
-        PairTuneTransformer.load(tmp_path)
 
 
 # --------------------------------------------------------------------------------------

@@ -27,11 +27,12 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from skaudio_confit import FineTuneClassifier, PairTuneTransformer, persistence
-from skaudio_confit import _atomic_save
+from skaudio_confit import _atomic_save, _manifest
 from skaudio_confit._audio import check_targets
 from skaudio_confit.backbones import load_backbone
 from skaudio_confit.persistence import (
     MANIFEST,
+    MODEL_CARD,
     PIPELINE_MANIFEST,
     WEIGHTS,
     check_save_target,
@@ -187,8 +188,9 @@ def test_a_crash_at_every_step_of_a_save_keeps_the_old_model(kind, pairtunes, si
                                                          tmp_path / "count")
                                    if kind == "pipeline" else old.save(tmp_path / "count"),
                                    monkeypatch)
-    # The staging directory, then each file (and the encoder step's sub-directory).
-    assert n_creations == (3 if kind == "estimator" else 5)
+    # The staging directory, then each file (and the encoder step's sub-directory),
+    # the model card included.
+    assert n_creations == (4 if kind == "estimator" else 6)
     for call in range(1, n_creations + 1):
         crash_at(monkeypatch, call)
         with pytest.raises(SimulatedCrash):
@@ -230,7 +232,7 @@ def test_a_save_replaces_a_previous_one_whole(exchange, pairtunes, sines, tmp_pa
     target = tmp_path / "model"
     save_pipeline(pipeline_of(old, sines), target)
     new.save(target)
-    assert sorted(p.name for p in target.iterdir()) == sorted([MANIFEST, WEIGHTS])
+    assert sorted(p.name for p in target.iterdir()) == sorted([MANIFEST, MODEL_CARD, WEIGHTS])
     np.testing.assert_array_equal(PairTuneTransformer.load(target).transform(X),
                                   new.transform(X))
     assert siblings(target) == ["model"]
@@ -285,7 +287,7 @@ def test_save_refuses_the_pretrained_backbone_directory(tiny_whisper_encoder_dir
     check_save_target(bb, overwrite=True)
     assert tree(bb) == before  # the check writes nothing
     model.save(bb, overwrite=True)
-    assert sorted(p.name for p in bb.iterdir()) == sorted([MANIFEST, WEIGHTS])
+    assert sorted(p.name for p in bb.iterdir()) == sorted([MANIFEST, MODEL_CARD, WEIGHTS])
 
 
 def test_check_save_target(pairtunes, sines, tmp_path):
@@ -401,7 +403,7 @@ def rewrite_weights(directory, change):
     save_file(tensors, str(directory / WEIGHTS))
 
     def update(m):
-        m["weights"]["sha256"] = persistence._sha256(directory / WEIGHTS)
+        m["weights"]["sha256"] = _manifest.sha256_of_file(directory / WEIGHTS)
         m["weights"]["tensors"] = {k: list(v.shape) for k, v in tensors.items()}
 
     edit_manifest(directory / MANIFEST, update)
@@ -590,7 +592,7 @@ def test_corrupt_weights_with_a_matching_sha256_are_a_value_error(pairtunes, tmp
     weights = tmp_path / "m" / WEIGHTS
     weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}" + bytes(64))
     edit_manifest(tmp_path / "m" / MANIFEST,
-                  lambda m: m["weights"].update(sha256=persistence._sha256(weights)))
+                  lambda m: m["weights"].update(sha256=_manifest.sha256_of_file(weights)))
     with pytest.raises(ValueError) as info:
         PairTuneTransformer.load(tmp_path / "m")
     assert_clean(info.value, "Could not read weights", WEIGHTS)
@@ -659,7 +661,8 @@ def test_saved_files_have_ordinary_modes(mask, pairtunes, sines, tmp_path):
     assert modes == {
         name: (0o777 if (tmp_path / name).is_dir() else 0o666) & ~mask for name in modes
     }
-    assert len(modes) == 5  # pipe/, pipeline.json, pipe/pairtune/ and its two files
+    # pipe/, pipeline.json, MODEL_CARD.md, pipe/pairtune/ and its two files
+    assert len(modes) == 6
 
 
 # --------------------------------------------------------------------------------------

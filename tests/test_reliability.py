@@ -49,7 +49,6 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 SR = 16000
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FORMAT1 = Path(__file__).resolve().parent / "fixtures" / "pairtune_format1"
 F32_MAX = float(np.finfo(np.float32).max)
 
 FAST_PAIRTUNE = dict(epochs=1, batch_size=4, samples_per_class=2, projection_dim=8,
@@ -826,27 +825,6 @@ def test_load_pipeline_refuses_a_step_directory_outside(fitted_pairtune, sines, 
     path.write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="unknown fitted attributes"):
         load_pipeline(tmp_path / "pipe")
-
-
-def test_a_model_saved_in_format_1_loads_and_gives_the_same_output():
-    """tests/fixtures/pairtune_format1 was written once by tests/fixtures/make_fixtures.py
-    (see there); it must load with every later version of the package."""
-    manifest = json.loads((FORMAT1 / MANIFEST).read_text())
-    assert manifest["format_version"] == 1
-    model = PairTuneTransformer.load(FORMAT1)
-    Z = model.transform(np.load(FORMAT1 / "input.npy"))
-    assert Z.dtype == np.float32
-    np.testing.assert_allclose(Z, np.load(FORMAT1 / "expected.npy"), rtol=0, atol=1e-6)
-    assert model.classes_.tolist() == [0, 1]
-    assert [r["epoch"] for r in model.history_] == [1, 2]
-
-
-def test_format_1_fixture_with_a_newer_version_is_refused(tmp_path):
-    shutil.copytree(FORMAT1, tmp_path / "m")
-    edit_manifest(tmp_path / "m", lambda m: m.update(format_version=FORMAT_VERSION + 1))
-    with pytest.raises(ValueError, match=rf"format version {FORMAT_VERSION + 1} is not "
-                                         r"supported .*upgrade the package"):
-        PairTuneTransformer.load(tmp_path / "m")
 
 
 # --------------------------------------------------------------------------------------

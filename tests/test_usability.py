@@ -33,16 +33,6 @@ def test_the_frozen_encoder_fits_without_labels(tiny_whisper_encoder_dir, data):
     assert not hasattr(with_labels, "classes_")
 
 
-def test_a_frozen_encoder_fitted_without_labels_saves_and_loads(
-        tiny_whisper_encoder_dir, data, tmp_path):
-    X, _ = data
-    frozen = PairTuneTransformer(tiny_whisper_encoder_dir, epochs=0, **FAST).fit(X)
-    frozen.save(tmp_path / "frozen")
-    loaded = PairTuneTransformer.load(tmp_path / "frozen")
-    assert not hasattr(loaded, "classes_")
-    np.testing.assert_array_equal(loaded.transform(X), frozen.transform(X))
-
-
 def test_training_still_needs_labels(tiny_whisper_encoder_dir, data):
     X, _ = data
     with pytest.raises(ValueError, match="y is required"):
