@@ -1,27 +1,16 @@
 """Stage 2 of AudioConFit: a linear classification head on fixed-size embeddings.
 
-:class:`LinearHeadClassifier` is a small scikit-learn classifier that builds and
-owns a skorch :class:`~skorch.classifier.NeuralNetClassifier` (``net_``) in
-``fit``: one ``torch.nn.Linear`` layer trained with softmax cross-entropy and Adam.
-It takes the embeddings of a stage-1 transformer (or any 2-D float array), works
-out the input dimension and the classes from the data, and behaves like any
-scikit-learn classifier (``clone``, ``GridSearchCV``, pickling,
-``check_is_fitted``), so that the paper's grid search over learning rate and batch
-size is an ordinary ``GridSearchCV``.
-
-Why composition rather than a skorch subclass: a ``NeuralNet`` is not a
-scikit-learn estimator in several ways that ``check_estimator`` tests (it sets
-fitted state in ``__init__``, adds parameters and private bookkeeping during
-``fit``, trains on integer targets only, does not validate ``X``). A subclass
-doing only input validation and label encoding fails 12 of the 55 estimator checks
-(skorch 1.4, scikit-learn 1.9); passing them took about fifteen overrides of skorch
-internals, any of which a skorch release can break. Owning a net built
-in ``fit`` leaves skorch untouched: scikit-learn conventions hold for the outer
-estimator by construction, and skorch sees what it expects (float32 arrays and
-integer class codes), so its defaults (``valid_acc``, ``classes_``, callbacks) work
-unchanged. The fitted state is plain: ``classes_`` (an array), ``n_features_in_``,
-``device_`` and the net, whose module is a ``state_dict`` away from tensors, so a
-safe (non-pickle) format can store the head as parameters plus weights.
+:class:`LinearHeadClassifier` is a scikit-learn classifier that builds a skorch
+:class:`~skorch.classifier.NeuralNetClassifier` in ``fit`` and keeps it as ``net_``.
+Why composition rather than a skorch subclass: a ``NeuralNet`` breaks scikit-learn
+conventions that ``check_estimator`` tests (state set in ``__init__``, parameters
+added during ``fit``, integer targets only, ``X`` not validated); a subclass needed
+about fifteen overrides of skorch internals to pass. Owning a net leaves skorch
+untouched: the conventions hold for the outer estimator by construction, and the
+net sees what it expects (float32 arrays and integer class codes), so skorch's
+defaults (``valid_acc``, callbacks) work unchanged. The fitted state is plain
+(``classes_``, ``n_features_in_``, ``device_``, the net), so the safe pipeline format
+stores a head as parameters, classes and a ``state_dict``.
 """
 
 from __future__ import annotations
@@ -46,11 +35,8 @@ from ._device import resolve_device
 __all__ = ["LinearHead", "LinearHeadClassifier"]
 
 # Keyword parameters routed to the parts of the skorch net, as skorch names them.
-_ROUTED_PREFIXES = tuple(
-    f"{part}__"
-    for part in ("module", "criterion", "optimizer", "iterator_train", "iterator_valid",
-                 "callbacks", "dataset", "compile")
-)
+_ROUTED_PREFIXES = tuple(f"{part}__" for part in ("module", "criterion", "optimizer",
+                                                  *NeuralNetClassifier.prefixes_))
 
 
 class LinearHead(torch.nn.Module):
@@ -109,10 +95,9 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
         Number of passes over the training data.
     batch_size : int, default=32
         Mini-batch size for training and prediction; -1 means the whole data set.
-    iterator_train, iterator_valid : type, default=torch.utils.data.DataLoader
-        As in skorch.
-    dataset : type, default=skorch.dataset.Dataset
-        As in skorch.
+    iterator_train, iterator_valid, dataset, use_caching, torch_load_kwargs, compile
+        As in skorch (defaults ``DataLoader``, ``DataLoader``, skorch's ``Dataset``,
+        "auto", None, False).
     train_split : callable or None, default=None
         None trains on all of ``X``; pass e.g. ``skorch.dataset.ValidSplit(5)``
         to hold out a validation fold, whose ``valid_loss`` and ``valid_acc``
@@ -133,12 +118,6 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
         is kept as is by ``get_params``/``clone`` and resolved at ``fit`` (see
         ``device_``) and again when a pickled head is loaded. None leaves tensors
         where they are (skorch semantics).
-    compile : bool, default=False
-        Wrap the module with ``torch.compile`` (skorch).
-    use_caching : bool or "auto", default="auto"
-        As in skorch.
-    torch_load_kwargs : dict or None, default=None
-        As in skorch.
     classes : array-like or None, default=None
         All class labels, if ``y`` at ``fit``/``partial_fit`` may not show them
         all. None: the labels found in ``y``.
@@ -181,6 +160,12 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
     ``X`` is validated like any scikit-learn input (2-D, finite, numeric) and cast
     to float32; ``predict_proba`` returns float64. Before ``fit``, ``predict`` and
     ``predict_proba`` raise :class:`sklearn.exceptions.NotFittedError`.
+
+    A pipeline ending in this head can be saved without pickle by
+    :func:`~skaudio_confit.persistence.save_pipeline` when its parameters are JSON
+    values and its classes the defaults (any ``torch.optim`` optimizer): the
+    parameters, classes, history and weights are saved, the optimizer's moments
+    are not (joblib keeps them).
 
     Examples
     --------
@@ -298,9 +283,9 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : LinearHeadClassifier
         """
-        extra = self._extra_params()
+        # Before scikit-learn, which would read "module__x" as a parameter of `module`.
         vars(self).update({k: params.pop(k) for k in list(params)
-                           if k.startswith(_ROUTED_PREFIXES) or k in extra})
+                           if k.startswith(_ROUTED_PREFIXES)})
         return super().set_params(**params)
 
     # --------------------------------------------------------------- fitted state
@@ -325,11 +310,8 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
         if not isinstance(self.module, torch.nn.Module):  # an instance is used as given
             params.setdefault("module__in_features", n_features)
             params.setdefault("module__n_classes", n_classes)
-        criterion = self.criterion
-        if self.predict_nonlinearity == "auto" and (
-            isinstance(criterion, torch.nn.CrossEntropyLoss)
-            or (isinstance(criterion, type) and issubclass(criterion, torch.nn.CrossEntropyLoss))
-        ):
+        criterion = self.criterion if isinstance(self.criterion, type) else type(self.criterion)
+        if self.predict_nonlinearity == "auto" and issubclass(criterion, torch.nn.CrossEntropyLoss):
             params["predict_nonlinearity"] = _softmax_float64
         params.update(device=device, classes=np.arange(n_classes))
         return NeuralNetClassifier(**params)
