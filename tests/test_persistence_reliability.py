@@ -30,6 +30,7 @@ from skaudio_confit import FineTuneClassifier, PairTuneTransformer, persistence
 from skaudio_confit import _atomic_save, _manifest
 from skaudio_confit._audio import check_targets
 from skaudio_confit.backbones import load_backbone
+from skaudio_confit.heads import LinearHeadClassifier
 from skaudio_confit.persistence import (
     MANIFEST,
     MODEL_CARD,
@@ -580,6 +581,74 @@ def test_load_pipeline_validates_its_scikit_learn_steps(pairtunes, sines, tmp_pa
         with pytest.raises(ValueError) as info:
             load_pipeline(tmp_path / case)
         assert_clean(info.value, fragment)
+
+
+def test_load_pipeline_validates_a_linear_head(pairtunes, sines, tmp_path):
+    old, _ = pairtunes
+    X, y = sines
+    head = LinearHeadClassifier(lr=1e-2, max_epochs=3, random_state=0)
+    pipe = Pipeline([("pairtune", old), ("scale", StandardScaler()), ("clf", head)]).fit(X, y)
+    save_pipeline(pipe, tmp_path / "ok")
+    np.testing.assert_array_equal(load_pipeline(tmp_path / "ok").predict_proba(X),
+                                  pipe.predict_proba(X))
+    weights = "clf.safetensors"
+
+    def clf(m):
+        return m["steps"][-1]
+
+    def nan_weights(directory):
+        tensors = load_file(str(directory / weights))
+        tensors["linear.bias"][0] = np.nan
+        save_file(tensors, str(directory / weights))
+        return lambda m: clf(m)["weights"].update(
+            sha256=_manifest.sha256_of_file(directory / weights))
+
+    cases = {
+        "classes-one": (lambda m: clf(m)["fitted"]["classes_"].update(__ndarray__=[0]),
+                        "classes_ must be a 1-D array of at least 2"),
+        "width": (lambda m: clf(m)["fitted"].update(n_features_in_=31),
+                  "n_features_in_ is 31, but it receives 32 features"),
+        "history": (lambda m: clf(m)["fitted"].update(history_=5),
+                    "history_ must be a list"),
+        "optimizer-import": (lambda m: clf(m)["params"].update(
+            optimizer={"__class__": "os.system"}), "not a class the safe format may load"),
+        "optimizer-string": (lambda m: clf(m)["params"].update(optimizer="Adam"),
+                             "not a class the safe format may load"),
+        "unknown-param": (lambda m: clf(m)["params"].update(evil=1),
+                          "unknown LinearHeadClassifier entries ['evil']"),
+        "unknown-fitted": (lambda m: clf(m)["fitted"].update(net_=1),
+                           "unknown LinearHeadClassifier entries ['net_']"),
+        "lr-negative": (lambda m: clf(m)["params"].update(lr=-1.0), "'lr' parameter"),
+        "module-param": (lambda m: clf(m)["params"].update(module__bogus=1),
+                         "cannot be built"),
+        "sha": (lambda m: clf(m)["weights"].update(sha256="0" * 64), "altered or truncated"),
+        "outside": (lambda m: clf(m)["weights"].update(file="../clf.safetensors"),
+                    "plain name inside that directory"),
+        "no-weights": (lambda m: clf(m).pop("weights"), "not a valid pipeline manifest"),
+        "nan-weights": (nan_weights, "NaN or infinite"),
+    }
+    for case, (edit, fragment) in cases.items():
+        shutil.copytree(tmp_path / "ok", tmp_path / case)
+        if case == "nan-weights":
+            edit = edit(tmp_path / case)
+        edit_manifest(tmp_path / case / PIPELINE_MANIFEST, edit)
+        with pytest.raises(ValueError) as info:
+            load_pipeline(tmp_path / case)
+        assert_clean(info.value, fragment)
+
+
+def test_a_head_claiming_huge_sizes_is_refused_before_allocating(sines, tmp_path,
+                                                                monkeypatch):
+    X = np.random.default_rng(0).normal(size=(12, 4))
+    y = np.arange(12) % 3
+    save_pipeline(Pipeline([("clf", LinearHeadClassifier(max_epochs=1).fit(X, y))]),
+                  tmp_path / "p")
+    edit_manifest(tmp_path / "p" / PIPELINE_MANIFEST,
+                  lambda m: m["steps"][0]["fitted"].update(n_features_in_=10**12))
+    monkeypatch.setattr(LinearHeadClassifier, "_build_net", None)  # must not be reached
+    with pytest.raises(ValueError) as info:
+        load_pipeline(tmp_path / "p")
+    assert_clean(info.value, "do not fit 1000000000000 features and 3 classes")
 
 
 # --------------------------------------------------------------------------------------
