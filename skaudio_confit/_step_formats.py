@@ -17,8 +17,8 @@ from collections.abc import Callable
 import numpy as np
 
 from . import _load_checks
-from ._manifest import (checked_weights_file, from_json, json_value, read_tensors,
-                        tensor_shapes, weights_entry)
+from ._manifest import (checked_weights_file, file_inside, from_json, json_value,
+                        read_tensors, tensor_shapes, weights_entry)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +51,6 @@ def _dump_encoder(name, step):
 
 
 def _load_encoder(cls, spec, directory, width, path):
-    from ._manifest import file_inside
-
     step = cls.load(file_inside(directory, spec["directory"], "step directory"))
     return step, step.backbone_.hidden_size
 
@@ -156,7 +154,11 @@ def _dump_head(name, step):
 
 def _head_value(key, value, path):
     if key not in _HEAD_CLASS_PARAMS:
-        return from_json(value)
+        try:
+            return from_json(value)
+        except (TypeError, ValueError, KeyError, OverflowError):
+            raise _invalid(path, f"LinearHeadClassifier parameter {key} cannot be "
+                                 "read.") from None
     named = value.get("__class__") if isinstance(value, dict) else None
     if named not in _head_classes():
         raise _invalid(path, f"LinearHeadClassifier parameter {key} names {value!r}, "
@@ -179,10 +181,11 @@ def _load_head(cls, spec, directory, width, path):
     unknown += sorted(set(fitted) - set(_HEAD_FITTED))
     if unknown:
         raise _invalid(path, f"unknown LinearHeadClassifier entries {unknown[:5]}.")
+    params = {k: _head_value(k, v, path) for k, v in params.items()}
     try:
-        head = cls(**{k: _head_value(k, v, path) for k, v in params.items()})
+        head = cls(**params)
         values = {a: from_json(v) for a, v in fitted.items()}
-    except (TypeError, KeyError, OverflowError):
+    except (TypeError, ValueError, KeyError, OverflowError):
         raise _invalid(path, "a LinearHeadClassifier parameter or fitted attribute cannot "
                              "be read.") from None
     _load_checks.check_params(head, path)

@@ -7,12 +7,15 @@ plus a state dict of numpy arrays and rebuilt on load, and :func:`save_estimator
 that loads without unpickling anything. ``joblib.load`` / ``pickle.load`` execute
 code from the file: use them on trusted files only.
 
-Saves are transactional (``_atomic_save``) and loads check every value they read
-(``_load_checks``).
+:func:`save_pipeline` / :func:`load_pipeline` do the same for pipelines, each step
+saved and loaded by its entry in one registry (``_step_formats``). Every save holds a
+Hugging Face model card (``_model_card``). Saves are transactional (``_atomic_save``)
+and loads check every value they read (``_manifest``, ``_load_checks``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -167,6 +170,11 @@ def _card_file(steps, load_code, sections):
     return {MODEL_CARD: str(model_card(steps, load_code, sections)).encode()}
 
 
+def _dir_name(directory):
+    # The card shows the directory's own name, never the machine's path to it.
+    return Path(directory).name if isinstance(directory, (str, os.PathLike)) else "MODEL_DIR"
+
+
 def _write_tree(directory, files):
     for relative, data in files.items():
         path = directory / relative
@@ -215,7 +223,7 @@ def save_estimator(estimator, directory, *, overwrite=False, card_sections=None)
     files.update(_card_file(
         [("model", estimator)],
         f"from skaudio_confit import {name}\n\n"
-        f"model = {name}.load({Path(directory).name!r})", card_sections))
+        f"model = {name}.load({_dir_name(directory)!r})", card_sections))
     _atomic_save.save_directory(
         directory, lambda staging: _write_tree(staging, files),
         lambda staging: load_estimator(type(estimator), staging),
@@ -408,7 +416,7 @@ def save_pipeline(pipeline, directory, *, overwrite=False, card_sections=None):
     files.update(_card_file(
         pipeline.steps,
         "from skaudio_confit.persistence import load_pipeline\n\n"
-        f"model = load_pipeline({Path(directory).name!r})", card_sections))
+        f"model = load_pipeline({_dir_name(directory)!r})", card_sections))
     _atomic_save.save_directory(
         directory, lambda staging: _write_tree(staging, files), load_pipeline,
         markers=_SAVE_MARKERS, overwrite=overwrite,
