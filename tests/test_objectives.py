@@ -7,7 +7,8 @@ import pytest
 import torch
 from pytorch_metric_learning import losses
 
-from skaudio_confit._objectives import SupConObjective, encode_labels
+from skaudio_confit._labels import encode_labels
+from skaudio_confit._objectives import SupConObjective
 
 
 def identity_head(objective):
