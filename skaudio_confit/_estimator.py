@@ -282,6 +282,8 @@ class AudioEncoderMixin:
             record = {"epoch": 0, "loss": None, "batches": 0, "steps": 0}
             stop = epoch_end(record)
             record["seconds"] = time.perf_counter() - start
+            if process_group() is not None:  # rank 0 decides, as after every epoch
+                stop = bool(broadcast_from_rank0([int(stop)])[0])
         if not stop:
             train_encoder(
                 state.backbone, state.objective, state.train_waves, state.train_codes,

@@ -25,8 +25,11 @@ and joblib keep them.
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
 from sklearn.base import BaseEstimator
+from sklearn.utils._param_validation import HasMethods, Interval
 
 
 class TrainingState:
@@ -163,6 +166,14 @@ class EarlyStopping(Callback):
     (both: ``patience=k, score_pretrained=True``).
     """
 
+    _parameter_constraints = {
+        "monitor": [str],
+        "patience": [Interval(Integral, 1, None, closed="left"), None],
+        "lower_is_better": ["boolean"],
+        "load_best": ["boolean"],
+        "score_pretrained": ["boolean"],
+    }
+
     def __init__(self, monitor="valid_accuracy", patience=5, *, lower_is_better=False,
                  load_best=True, score_pretrained=False):
         self.monitor = monitor
@@ -172,6 +183,7 @@ class EarlyStopping(Callback):
         self.score_pretrained = score_pretrained
 
     def on_train_begin(self, estimator, state):
+        self._validate_params()
         if self.monitor == "valid_accuracy":
             _need_validation(self, state)
         self.best_score_ = None
@@ -231,6 +243,13 @@ class EpochScoring(Callback):
         Also score the pretrained weights, as an epoch-0 record.
     """
 
+    _parameter_constraints = {
+        "probe": [HasMethods(["fit"])],
+        "name": [str],
+        "scoring": [str, callable, None],
+        "score_pretrained": ["boolean"],
+    }
+
     def __init__(self, probe, *, name="probe_score", scoring=None, score_pretrained=False):
         self.probe = probe
         self.name = name
@@ -238,10 +257,8 @@ class EpochScoring(Callback):
         self.score_pretrained = score_pretrained
 
     def on_train_begin(self, estimator, state):
+        self._validate_params()
         _need_validation(self, state)
-        if not hasattr(self.probe, "fit"):
-            raise TypeError(f"EpochScoring's probe must be a scikit-learn estimator, got "
-                            f"{type(self.probe).__name__}.")
 
     def on_epoch_end(self, estimator, record, state):
         from sklearn.base import clone
@@ -268,9 +285,14 @@ class PrintLog(Callback):
         Record keys to show, in order; None shows all but ``epoch`` and ``steps``.
     """
 
+    _parameter_constraints = {"sink": [callable], "keys": [list, tuple, None]}
+
     def __init__(self, sink=print, keys=None):
         self.sink = sink
         self.keys = keys
+
+    def on_train_begin(self, estimator, state):
+        self._validate_params()
 
     def on_epoch_end(self, estimator, record, state):
         keys = self.keys if self.keys is not None else [

@@ -111,8 +111,9 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
         Class labels.
     history_ : list of dict
         Per epoch: ``loss``, ``train_accuracy``, ``batches``, ``steps`` (optimiser
-        steps so far), ``seconds`` and, with a validation set, ``valid_accuracy``;
-        with ``keep_best``, first an epoch-0 record of the starting weights.
+        steps so far), ``seconds`` and, with a validation set, ``valid_accuracy``,
+        and what callbacks add; with ``keep_best`` (or a callback's
+        ``score_pretrained``), first an epoch-0 record of the starting weights.
     n_features_in_ : int
         Samples per clip, only when ``fit`` got a 2-D array.
 

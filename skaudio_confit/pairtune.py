@@ -131,8 +131,9 @@ class PairTuneTransformer(
     history_ : list of dict
         Per epoch: ``loss``, mined ``positive_pairs``/``negative_pairs``,
         ``batches``, ``steps`` (optimiser steps so far), ``seconds`` and, with a
-        validation set, ``valid_accuracy``; with ``keep_best``, first an epoch-0
-        record of the pretrained encoder.
+        validation set, ``valid_accuracy``, and what callbacks add; with ``keep_best``
+        (or a callback's ``score_pretrained``), first an epoch-0 record of the
+        pretrained encoder.
     n_features_in_ : int
         Number of samples per clip, only when ``fit`` got a 2-D array.
 

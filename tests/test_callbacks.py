@@ -160,8 +160,10 @@ def test_a_failing_callback_names_itself_and_leaves_the_fitted_model(
         model.set_params(callbacks=["stop early"]).fit(X, y)
     with pytest.raises(ValueError, match="monitors 'nowhere'"):
         model.set_params(callbacks=[EarlyStopping("nowhere")]).fit(X, y)
-    with pytest.raises(ValueError, match="needs|validation"):
+    with pytest.raises(ValueError, match="EarlyStopping scores validation clips"):
         model.set_params(callbacks=[EarlyStopping()]).fit(X, y)
+    with pytest.raises(ValueError, match="patience"):
+        model.set_params(callbacks=[EarlyStopping("loss", patience=0)]).fit(X, y)
     np.testing.assert_array_equal(model.predict_proba(X), before)
 
 
