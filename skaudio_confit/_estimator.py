@@ -228,6 +228,7 @@ class AudioEncoderMixin:
         return backbone.eval(), objective.eval(), classes, history
 
     def _check_callbacks(self):
+        """Raise ``TypeError`` for an item of ``callbacks`` with no callback method."""
         for i, callback in enumerate(self.callbacks or ()):
             if not any(callable(getattr(callback, hook, None)) for hook in _CALLBACK_HOOKS):
                 raise TypeError(
