@@ -15,17 +15,16 @@ the last epoch's weights are kept):
 - PairTune, nearest centroid: ``history_[e]["valid_accuracy"]``, cosine nearest
   class centroid of the training clips' embeddings (the estimator's own measure).
 - PairTune, LR (a linear probe per epoch): ``StandardScaler + LogisticRegression``
-  refitted on the training clips' embeddings after every epoch. The package has no
-  epoch callback, so a benchmark-only subclass overrides the private
-  ``_validation_score`` hook, which already receives the training and validation
-  clips: it embeds them once, records nearest-centroid and LR accuracy, and returns
-  the nearest-centroid score, so training is unchanged.
+  refitted on the training clips' embeddings after every epoch, by the public
+  ``skaudio_confit.callbacks.EpochScoring`` callback (``history_[e]["lr_probe"]``);
+  it only reads the weights, so training is unchanged.
 - FineTune, head: ``history_[e]["valid_accuracy"]``, accuracy of its jointly trained
   linear head, at the paper's setting (head learning rate = encoder's) and with
-  ``head_learning_rate=1e-3``. The same subclass trick also records an LR probe on
+  ``head_learning_rate=1e-3``. The same callback also records an LR probe on
   FineTune's embeddings per epoch (dashed lines), to separate head from encoder.
 
-Epoch 0 is the pretrained encoder (nearest centroid / LR of the frozen embeddings;
+Epoch 0 is the pretrained encoder (nearest centroid / LR of the frozen embeddings,
+from the epoch-0 record that ``EpochScoring(score_pretrained=True)`` asks for;
 FineTune's untrained head is not evaluated and is shown as chance).
 
 Usage::
@@ -129,54 +128,31 @@ def load_data(args=None):
             bunch.sampling_rate)
 
 
-def probe_accuracy(E_train, y_train, E_test, y_test):
+def lr_probe_callback():
+    """The per-epoch LR probe, epoch 0 (the pretrained encoder) included."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    return float(clf.fit(E_train, y_train).score(E_test, y_test))
+    from skaudio_confit.callbacks import EpochScoring
+
+    return EpochScoring(make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+                        name="lr_probe", score_pretrained=True)
 
 
-def probing(cls):
-    """A benchmark-only subclass of ``cls`` that also records an LR probe per epoch.
-
-    It overrides the private ``_validation_score`` hook (called once per epoch with
-    the training and validation clips); the score it returns, and so training, is
-    exactly the parent's.
-    """
-    from skaudio_confit._estimator import nearest_centroid_accuracy
-
-    class Probing(cls):
-        def _validation_score(self, backbone, objective, valid_waves, valid_codes,
-                              train_waves, train_codes, device):
-            E_valid = self._embed_waves(backbone, valid_waves, device)
-            E_train = self._embed_waves(backbone, train_waves, device)
-            record = {"nc": nearest_centroid_accuracy(E_train, train_codes, E_valid,
-                                                      valid_codes),
-                      "lr": probe_accuracy(E_train, train_codes, E_valid, valid_codes)}
-            if hasattr(objective, "head"):  # FineTune: its own head, as the parent scores
-                w = objective.head.weight.detach().cpu().numpy()
-                b = objective.head.bias.detach().cpu().numpy()
-                record["head"] = float(np.mean((E_valid @ w.T + b).argmax(1) == valid_codes))
-                score = record["head"]
-            else:
-                score = record["nc"]
-            self.__dict__.setdefault("probe_log_", []).append(record)
-            return score
-
-    Probing.__name__ = cls.__name__  # for repr and parameter validation messages
-    return Probing
+# curve field -> key of the estimators' epoch records
+RECORD_KEYS = {"nc": "valid_accuracy", "head": "valid_accuracy", "lr": "lr_probe"}
 
 
 def make_model(key, args, seed, rate):
     from skaudio_confit import FineTuneClassifier, PairTuneTransformer
 
     estimator, extra, _ = MODELS[key]
-    cls = probing(PairTuneTransformer if estimator == "PairTune" else FineTuneClassifier)
+    cls = PairTuneTransformer if estimator == "PairTune" else FineTuneClassifier
     return cls(backbone=args.backbone, sampling_rate=rate, device=args.device,
                random_state=seed, verbose=0, epochs=args.epochs,
-               learning_rate=args.learning_rate, **{**dict(args.params), **extra})
+               learning_rate=args.learning_rate, callbacks=[lr_probe_callback()],
+               **{**dict(args.params), **extra})
 
 
 def epochs_to(curve, fraction, plateau):
@@ -209,18 +185,16 @@ def curve_stats(per_seed_curves):
     }
 
 
-def frozen_scores(X_train, y_train, X_test, y_test, args, rate):
-    """Epoch 0: the pretrained encoder's nearest-centroid and LR accuracy."""
-    from skaudio_confit import PairTuneTransformer
-    from skaudio_confit._estimator import nearest_centroid_accuracy
+def frozen_scores(first_records):
+    """Epoch 0: the pretrained encoder's nearest-centroid and LR accuracy.
 
-    model = PairTuneTransformer(backbone=args.backbone, sampling_rate=rate, epochs=0,
-                                device=args.device, verbose=0,
-                                **{k: v for k, v in dict(args.params).items()
-                                   if k in ("layer", "max_duration")}).fit(X_train, y_train)
-    E_train, E_test = model.transform(X_train), model.transform(X_test)
-    return {"nc": nearest_centroid_accuracy(E_train, y_train, E_test, y_test),
-            "lr": probe_accuracy(E_train, y_train, E_test, y_test)}
+    From the epoch-0 records of the fits (``first_records``: model key -> record);
+    nearest centroid is PairTune's measure, so it needs a PairTune run.
+    """
+    any_record = next(iter(first_records.values()))
+    pairtune = first_records.get("pairtune")
+    return {"nc": None if pairtune is None else pairtune["valid_accuracy"],
+            "lr": any_record["lr_probe"]}
 
 
 def plot(report, path):
@@ -310,8 +284,8 @@ def markdown(report):
          f"seeds {d['seeds']}."),
         ("Curves: PairTune nearest centroid = its `history_[e]['valid_accuracy']`; PairTune "
          "LR probe = StandardScaler + LogisticRegression refitted on the training clips' "
-         "embeddings after each epoch (benchmark-only subclass overriding the private "
-         "`_validation_score` hook; training unchanged); FineTune own head = its "
+         "embeddings after each epoch (the public `EpochScoring` callback, "
+         "`history_[e]['lr_probe']`; training unchanged); FineTune own head = its "
          "`history_[e]['valid_accuracy']`; FineTune LR probe likewise."),
         ("Plateau = mean of the last three epochs of the seed-mean curve; 'epochs to "
          "95 %/99 %' = first epoch whose seed-mean accuracy reaches that fraction of its own "
@@ -319,8 +293,10 @@ def markdown(report):
     ]
     lines = ["# Convergence: held-out accuracy per epoch (Figure 2 analogue)", ""]
     lines += [f"- {b}" for b in bullets]
-    lines += ["", f"Epoch 0 (pretrained encoder): nearest centroid {d['frozen']['nc']:.3f}, "
-              f"LR probe {d['frozen']['lr']:.3f}; chance {1 / d['n_classes']:.3f}.", ""]
+    nc = d["frozen"]["nc"]
+    lines += ["", "Epoch 0 (pretrained encoder): nearest centroid "
+              f"{'n/a' if nc is None else f'{nc:.3f}'}, LR probe {d['frozen']['lr']:.3f}; "
+              f"chance {1 / d['n_classes']:.3f}.", ""]
     header = ["Curve", "Epoch 1", "Epoch 2", "Epoch 3", "Final", "Best (epoch)",
               "Plateau", "Epochs to 95 %", "Epochs to 99 %", "Still rising"]
     rows = []
@@ -416,31 +392,28 @@ def run(args, argv):
         "models": {k: {"estimator": v[0], "params": v[1]} for k, v in MODELS.items()
                    if k in args.models},
     }
-    start = time.perf_counter()
-    report["frozen"] = frozen_scores(X_train, y_train, X_test, y_test, args, rate)
-    print(f"epoch 0 (frozen): {report['frozen']} ({time.perf_counter() - start:.0f} s)",
-          flush=True)
     runs = {k: [] for k in args.models}
+    first_records = {}
     for seed in args.seeds:
         for key in args.models:
             model = make_model(key, args, seed, rate)
             start = time.perf_counter()
             model.fit(X_train, y_train, validation_data=(X_test, y_test))
             seconds = time.perf_counter() - start
-            log = model.__dict__.get("probe_log_", [])
-            history = [{k: v for k, v in h.items()} for h in model.history_]
-            for h, rec in zip(history, log):
-                h.update({f"probe_{k}": v for k, v in rec.items()})
+            first_records.setdefault(key, model.history_[0])
+            history = [dict(h) for h in model.history_ if h["epoch"] > 0]
             runs[key].append({"seed": seed, "fit_seconds": seconds, "history": history})
             summary = " ".join(f"{h['valid_accuracy']:.3f}" for h in history)
             print(f"seed {seed} {MODELS[key][2]:>24}: valid {summary} ({seconds:.0f} s; "
                   f"{(time.perf_counter() - started) / 60:.1f} min so far)", flush=True)
+    report["frozen"] = frozen_scores(first_records)
+    print(f"epoch 0 (frozen): {report['frozen']}", flush=True)
     report["runs"] = runs
     curves = {}
     for key, (model, field, _) in CURVES.items():
         if model not in runs:
             continue
-        per_seed = [[h[f"probe_{field}"] for h in r["history"]] for r in runs[model]]
+        per_seed = [[h[RECORD_KEYS[field]] for h in r["history"]] for r in runs[model]]
         curves[key] = curve_stats(per_seed)
     report["curves"] = curves
     report["timing"] = {

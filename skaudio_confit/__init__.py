@@ -25,7 +25,11 @@ _LAZY = {
     "PairTuneTransformer": ".pairtune",
 }
 
-__all__ = ["FineTuneClassifier", "LinearHeadClassifier", "PairTuneTransformer", "__version__"]
+# Public submodules, also imported on first use.
+_SUBMODULES = ("callbacks",)
+
+__all__ = ["FineTuneClassifier", "LinearHeadClassifier", "PairTuneTransformer", "callbacks",
+           "__version__"]
 
 
 def __getattr__(name):
@@ -33,6 +37,8 @@ def __getattr__(name):
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value  # later look-ups skip this function
         return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import time
 import warnings
 from numbers import Integral, Real
 
@@ -11,13 +13,16 @@ import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._audio import as_clip_list, check_targets, load_waveforms, max_samples
+from ._audio import as_clip_list, load_waveforms, max_samples
 from ._device import resolve_device
-from ._objectives import encode_labels
+from ._distributed import broadcast_from_rank0, process_group
+from ._labels import check_targets, encode_labels
 from ._pooling import embed_waveforms
+from ._random import forked_torch_rng, seeds_from
 from ._threads import budget_threads
-from ._training import ValidationMonitor, seeds_from, train_encoder
+from ._training import train_encoder
 from .backbones import load_backbone
+from .callbacks import EarlyStopping, TrainingState
 
 # Parameters both estimators share, validated alike (scikit-learn's constraints).
 ENCODER_PARAMETER_CONSTRAINTS = {
@@ -37,6 +42,7 @@ ENCODER_PARAMETER_CONSTRAINTS = {
     "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
     "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
     "keep_best": ["boolean"],
+    "callbacks": [list, tuple, None],
     "device": [str],
     "random_state": ["random_state"],
     "verbose": ["verbose"],
@@ -46,12 +52,28 @@ ENCODER_PARAMETER_CONSTRAINTS = {
 # while leaving enough clips to batch by similar length.
 _STREAM_CLIPS = 512
 
+_CALLBACK_HOOKS = ("on_train_begin", "on_epoch_end", "on_train_end")
+
 
 class AudioEncoderMixin:
     """What every estimator built on a fine-tuned audio encoder shares.
 
     Loading the input (one audio layer for all), loading the pretrained backbone,
-    and mean-pooled embeddings of a fitted ``backbone_``.
+    the fit (validation split, callbacks, the shared training loop) and mean-pooled
+    embeddings of a fitted ``backbone_``.
+
+    Subclasses say what is trained through three methods, which a user's subclass
+    may override (docs/user-guide.md, "Subclassing"):
+
+    - ``_make_objective(backbone, n_classes)``: a fresh ``torch.nn.Module`` mapping
+      pooled encoder output and class codes to ``(loss, stats)`` (``stats``: a dict
+      of numbers for the epoch record); its parameters (a head) are trained too, at
+      the rates its optional ``param_groups()`` gives.
+    - ``_batch_plan(codes)``: a function ``plan(rng) -> list of index arrays``, the
+      batches of one epoch, drawn from the numpy Generator ``rng``.
+    - ``_validation_score(state)``: the ``valid_accuracy`` recorded after each epoch
+      when there are validation clips (higher is better), from a
+      :class:`~skaudio_confit.callbacks.TrainingState`.
     """
 
     # Whether training needs two clips of a class in a batch (contrastive objectives).
@@ -145,24 +167,22 @@ class AudioEncoderMixin:
                 chunks.append(self._embed_waves(self.backbone_, waves, device, bar))
         return np.concatenate(chunks)
 
-    def _fit_encoder(self, X, y, *, validation_data, make_objective, batch_plan, score_fn,
-                     min_classes, desc):
-        """Load input and the pretrained backbone, then train under ``make_objective``.
+    def _fit_encoder(self, X, y, *, validation_data, desc):
+        """Load input and the pretrained backbone, then train under ``_make_objective``.
 
-        ``batch_plan(codes) -> plan`` and ``score_fn(backbone, objective, valid_waves,
-        valid_codes, train_waves, train_codes, device) -> float`` (validation score,
-        higher is better) adapt the shared loop to one estimator. The validation clips
-        are ``validation_data`` if given, else a ``validation_fraction`` of ``X``.
-        Returns ``(backbone, objective, classes, history)``; nothing is stored on
-        ``self``, so that a failed fit leaves a fitted estimator intact.
+        The validation clips are ``validation_data`` if given, else a
+        ``validation_fraction`` of ``X``. Returns ``(backbone, objective, classes,
+        history)``; nothing is stored on ``self``, so that a failed fit leaves a
+        fitted estimator intact.
         """
         self._validate_params()
         as_clip_list(X)  # input-kind errors before the (slower) backbone load
         if validation_data is not None and self.validation_fraction is not None:
             raise ValueError("Pass validation_data or set validation_fraction, not both.")
+        self._check_callbacks()
         # Weight initialisation while loading and building the head draws from torch's
         # global generator: keep the caller's state (training forks and seeds its own).
-        with torch.random.fork_rng(devices=[]):
+        with forked_torch_rng():
             backbone = self._pretrained_backbone()
         waves = self._load_input(X, backbone.sampling_rate)
         if y is None and self.epochs == 0 and self._frozen_fit_without_labels:
@@ -170,15 +190,15 @@ class AudioEncoderMixin:
             return backbone.eval(), None, None, []
         y = check_targets(len(waves), y)
         classes, codes = encode_labels(y)
-        if len(classes) < min_classes:
+        if len(classes) < 2:
             raise ValueError(
-                f"{type(self).__name__} needs at least {min_classes} classes in y, got "
+                f"{type(self).__name__} needs at least 2 classes in y, got "
                 f"{len(classes)} class{'es' if len(classes) != 1 else ''}."
             )
         device = resolve_device(self.device)
         seed, rng = seeds_from(self.random_state)
-        with torch.random.fork_rng(devices=[]):
-            objective = make_objective(backbone, len(classes))
+        with forked_torch_rng():
+            objective = self._make_objective(backbone, len(classes))
         history = []
         if self.epochs > 0:
             train_idx, valid_idx = self._split_validation(len(waves), codes, rng)
@@ -191,36 +211,106 @@ class AudioEncoderMixin:
                     "a class share. Give classes at least 2 clips, or use "
                     "FineTuneClassifier.", UserWarning, stacklevel=3,
                 )
+            valid_waves = valid_codes = None
             if validation_data is not None:
                 valid_waves, valid_codes = self._validation_clips(validation_data, classes,
                                                                   backbone)
             elif valid_idx is not None:
                 valid_waves, valid_codes = [waves[i] for i in valid_idx], codes[valid_idx]
-            monitor, callbacks = None, ()
-            if validation_data is not None or valid_idx is not None:
-                monitor = ValidationMonitor(
-                    lambda: score_fn(backbone, objective, valid_waves, valid_codes,
-                                     train_waves, train_codes, device),
-                    [backbone, objective], patience=self.n_iter_no_change,
-                    keep_best=self.keep_best,
+            state = TrainingState(
+                backbone=backbone, objective=objective, classes=classes,
+                train_waves=train_waves, train_codes=train_codes, valid_waves=valid_waves,
+                valid_codes=valid_codes,
+                embed=lambda clips: self._embed_waves(backbone, clips, device),
+            )
+            history = self._train(state, seed=seed, rng=rng, device=device,
+                                  desc=self._fit_label(desc, len(train_waves)))
+        return backbone.eval(), objective.eval(), classes, history
+
+    def _check_callbacks(self):
+        """Raise ``TypeError`` for an item of ``callbacks`` with no callback method."""
+        for i, callback in enumerate(self.callbacks or ()):
+            if not any(callable(getattr(callback, hook, None)) for hook in _CALLBACK_HOOKS):
+                raise TypeError(
+                    f"callbacks[{i}] is a {type(callback).__name__}, which has none of "
+                    f"the callback methods {', '.join(_CALLBACK_HOOKS)}; see "
+                    "skaudio_confit.callbacks."
                 )
-                callbacks = (monitor,)
-                if self.keep_best:
-                    history.append(monitor.score_start())
-            history += train_encoder(
-                backbone, objective, train_waves, train_codes,
-                batch_plan=batch_plan(train_codes), epochs=self.epochs,
+
+    def _fit_callbacks(self, has_validation):
+        """This fit's callbacks: copies of ``callbacks``, then the compatibility one.
+
+        Copies, so that what a callback records during a fit never lands on the
+        user's objects. ``n_iter_no_change`` and ``keep_best`` are an
+        :class:`~skaudio_confit.callbacks.EarlyStopping`, used (as they always were)
+        only when there are validation clips.
+        """
+        callbacks = [copy.copy(callback) for callback in self.callbacks or ()]
+        if has_validation and (self.n_iter_no_change is not None or self.keep_best):
+            callbacks.append(EarlyStopping(patience=self.n_iter_no_change,
+                                           score_pretrained=self.keep_best))
+        return callbacks
+
+    def _train(self, state, *, seed, rng, device, desc):
+        """Run the callbacks around the shared training loop; return the history."""
+        callbacks = self._fit_callbacks(state.has_validation)
+
+        def call(callback, hook, *args):
+            method = getattr(callback, hook, None)
+            if method is None:
+                return None
+            try:
+                return method(self, *args, state)
+            except Exception as exc:
+                exc.add_note(f"(raised by callback {type(callback).__name__} in {hook})")
+                raise
+
+        def epoch_end(record):
+            state._weights_changed()
+            if state.has_validation:
+                record["valid_accuracy"] = self._shared_validation_score(state)
+            state.history.append(record)
+            # Every callback sees every epoch, even after one asked to stop.
+            stops = [bool(call(cb, "on_epoch_end", record)) for cb in callbacks]
+            return any(stops)
+
+        for callback in callbacks:
+            call(callback, "on_train_begin")
+        stop = False
+        if any(getattr(cb, "score_pretrained", False) for cb in callbacks):
+            # The pretrained weights as epoch 0, so that they compete with every epoch.
+            start = time.perf_counter()
+            record = {"epoch": 0, "loss": None, "batches": 0, "steps": 0}
+            stop = epoch_end(record)
+            record["seconds"] = time.perf_counter() - start
+            if process_group() is not None:  # rank 0 decides, as after every epoch
+                stop = bool(broadcast_from_rank0([int(stop)])[0])
+        if not stop:
+            train_encoder(
+                state.backbone, state.objective, state.train_waves, state.train_codes,
+                batch_plan=self._batch_plan(state.train_codes), epochs=self.epochs,
                 learning_rate=self.learning_rate, weight_decay=self.weight_decay,
                 lr_schedule=self.lr_schedule, max_steps=self.max_steps,
-                layer=self._layer_of(backbone),
-                max_samples=max_samples(self.max_duration, backbone.sampling_rate),
+                layer=self._layer_of(state.backbone),
+                max_samples=max_samples(self.max_duration, state.backbone.sampling_rate),
                 device=device, gradient_checkpointing=self.gradient_checkpointing,
-                seed=seed, rng=rng, callbacks=callbacks, verbose=self.verbose,
-                desc=self._fit_label(desc, len(train_waves)),
+                seed=seed, rng=rng, on_epoch_end=epoch_end, verbose=self.verbose, desc=desc,
             )
-            if monitor is not None:
-                monitor.restore_best()
-        return backbone.eval(), objective.eval(), classes, history
+        for callback in callbacks:
+            call(callback, "on_train_end")
+        return state.history
+
+    def _shared_validation_score(self, state):
+        """``_validation_score``; under torch.distributed rank 0's, broadcast to all.
+
+        Every rank then keeps the same best epoch and stops at the same time (the
+        weights are the same on every rank).
+        """
+        group = process_group()
+        if group is None:
+            return float(self._validation_score(state))
+        score = float(self._validation_score(state)) if group[0] == 0 else 0.0
+        return float(broadcast_from_rank0([score], dtype=torch.float64)[0])
 
     def _fit_label(self, name, n_clips):
         """How progress lines name this fit: the parameters that differ from the
@@ -229,7 +319,7 @@ class AudioEncoderMixin:
         from sklearn.utils._pprint import _changed_params
 
         changed = {k: v for k, v in _changed_params(self).items()
-                   if k not in ("backbone", "device", "epochs", "verbose")}
+                   if k not in ("backbone", "callbacks", "device", "epochs", "verbose")}
         shown = ", ".join(f"{k}={v!r}" if not hasattr(v, "shape") else f"{k}=..."
                           for k, v in changed.items())
         return f"{name}({shown}) on {n_clips} clips"
@@ -240,13 +330,7 @@ class AudioEncoderMixin:
             raise TypeError("validation_data must be a pair (X_val, y_val).")
         waves = self._load_input(validation_data[0], backbone.sampling_rate)
         labels = check_targets(len(waves), validation_data[1])
-        lookup = {label: code for code, label in enumerate(classes.tolist())}
-        unknown = sorted({str(v) for v in labels.tolist() if v not in lookup})
-        if unknown:
-            raise ValueError(
-                f"validation_data has labels not seen in y: {', '.join(unknown[:5])}."
-            )
-        return waves, np.array([lookup[v] for v in labels.tolist()])
+        return waves, encode_labels(labels, classes=classes, name="validation_data")[1]
 
     def _embed_waves(self, backbone, waves, device, progress=None):
         backbone.to(device)

@@ -7,9 +7,11 @@ cross-entropy). Heads live in the objective so they are dropped with it after fi
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ._labels import encode_labels  # noqa: F401 (its former home: benchmarks import it here)
+from ._random import forked_torch_rng
 
 MINING_OPTIONS = ("multi-similarity", "none")
 
@@ -20,7 +22,7 @@ def _head(in_dim, out_dim):
     The training loop initialises heads again under the fit's own seed; building one
     here must not advance the user's random stream.
     """
-    with torch.random.fork_rng(devices=[]):
+    with forked_torch_rng():
         return nn.Linear(in_dim, out_dim)
 
 
@@ -87,22 +89,3 @@ class CrossEntropyObjective(nn.Module):
         loss = F.cross_entropy(logits, targets)
         accuracy = (logits.argmax(dim=1) == targets).float().mean().item()
         return loss, {"train_accuracy": accuracy}
-
-
-def encode_labels(y):
-    """Return ``(classes, codes)``: sorted unique labels and each clip's integer code.
-
-    Works for numbers, strings and, unlike ``np.unique``, object arrays that mix
-    types (sorted by type name, then value).
-    """
-    import numpy as np
-
-    try:
-        classes, codes = np.unique(y, return_inverse=True)
-    except TypeError:
-        uniq = sorted(set(y.tolist()), key=lambda v: (type(v).__name__, v))
-        classes = np.empty(len(uniq), dtype=object)
-        classes[:] = uniq
-        lookup = {v: i for i, v in enumerate(uniq)}
-        codes = np.array([lookup[v] for v in y.tolist()])
-    return classes, codes.astype(np.int64).ravel()

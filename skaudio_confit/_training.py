@@ -4,7 +4,8 @@ It owns everything but the loss: seeding, device and precision, batches and rand
 crops, the optimiser, progress bars and the per-epoch history. What varies between
 estimators is the objective (a module mapping pooled features and labels to a loss)
 and the batch plan (class-balanced for contrastive learning, shuffled for
-cross-entropy). Callbacks see each epoch's record and may stop training early.
+cross-entropy). An epoch-end hook sees each epoch's record and may stop training
+early (the estimators run their callbacks through it).
 
 The loop runs torch on the thread budget of the worker it is in (``_threads``), and,
 when ``torch.distributed`` has been initialised with more than one process (a script
@@ -17,9 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
-import zlib
 from collections import defaultdict
 
 import numpy as np
@@ -27,24 +26,20 @@ import torch
 
 from ._audio import pad_to_length, random_crop
 from ._device import autocast
+from ._distributed import (
+    all_ranks_true,
+    broadcast_from_rank0,
+    check_same_fit,
+    data_parallel,
+    process_group,
+    rank_device,
+    rank_steps,
+    sum_over_ranks,
+)
 from ._pooling import masked_mean
+from ._random import forked_torch_rng
 from ._threads import budget_threads
 from .backbones._base import batch_to
-
-
-def seeds_from(random_state):
-    """Derive a torch seed and a numpy Generator from a scikit-learn ``random_state``.
-
-    Under ``torch.distributed`` (more than one process) rank 0's seeds hold for every
-    rank, so that all ranks split, batch and crop alike even with ``random_state=None``.
-    """
-    from sklearn.utils import check_random_state
-
-    rs = check_random_state(random_state)
-    torch_seed, numpy_seed = rs.randint(0, 2**31 - 1, size=2)
-    if _process_group() is not None:
-        torch_seed, numpy_seed = _broadcast_from_rank0([torch_seed, numpy_seed])
-    return int(torch_seed), np.random.default_rng(int(numpy_seed))
 
 
 def shuffled_batches(n_clips, batch_size):
@@ -97,7 +92,7 @@ def train_encoder(
     gradient_checkpointing=False,
     seed=0,
     rng=None,
-    callbacks=(),
+    on_epoch_end=None,
     verbose=1,
     desc="fit",
 ):
@@ -131,15 +126,16 @@ def train_encoder(
         as they were.
     rng : numpy.random.Generator
         Draws the batches and crops.
-    callbacks : sequence
-        Objects with ``on_epoch_end(record) -> bool``; True stops training.
+    on_epoch_end : callable or None
+        ``on_epoch_end(record) -> bool``, called after each epoch with its record
+        (which it may extend); True stops training.
 
     Returns
     -------
     history : list of dict
         One record per epoch: ``epoch``, ``loss``, ``seconds``, ``batches``,
         ``steps`` (optimiser steps so far) and the objective's statistics (summed over
-        the epoch for counts). Callbacks may prepend an epoch-0 record.
+        the epoch for counts).
 
     Notes
     -----
@@ -159,23 +155,23 @@ def train_encoder(
             lr_schedule=lr_schedule, max_steps=max_steps, layer=layer,
             max_samples=max_samples, device=device,
             gradient_checkpointing=gradient_checkpointing, seed=seed, rng=rng,
-            callbacks=callbacks, verbose=verbose, desc=desc,
+            on_epoch_end=on_epoch_end, verbose=verbose, desc=desc,
         )
 
 
 def _train_encoder(backbone, objective, waves, codes, *, batch_plan, epochs, learning_rate,
                    weight_decay, lr_schedule, max_steps, layer, max_samples, device,
-                   gradient_checkpointing, seed, rng, callbacks, verbose, desc):
+                   gradient_checkpointing, seed, rng, on_epoch_end, verbose, desc):
     from tqdm.auto import tqdm
 
     device = device or torch.device("cpu")
     rng = rng if rng is not None else np.random.default_rng(seed)
     codes = np.asarray(codes)
-    group = _process_group()
+    group = process_group()
     rank, world = group if group is not None else (0, 1)
     if group is not None:
-        device = _rank_device(device)
-        _check_same_fit(waves, codes, batch_plan, rng, [
+        device = rank_device(device)
+        check_same_fit(waves, codes, batch_plan, rng, [
             seed, epochs, learning_rate, weight_decay, layer,
             -1 if max_samples is None else max_samples, -1 if max_steps is None else max_steps,
             ("constant", "linear", "cosine").index(lr_schedule),
@@ -200,12 +196,10 @@ def _train_encoder(backbone, objective, waves, codes, *, batch_plan, epochs, lea
     steps_done = 0
     history = []
     model = None
-    # fork_rng keeps the caller's global torch RNG untouched while dropout, masking
-    # and head initialisation draw from our seed.
-    fork_devices = [device.index or 0] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(seed)
+        # The caller's global torch RNG stays untouched while dropout, masking and
+        # head initialisation draw from our seed.
+        with forked_torch_rng(seed, device):
             # SpecAugment masks come from this fit's own stream (one per rank), never
             # from the global np.random that transformers would use.
             backbone.mask_rng = np.random.default_rng([seed, rank])
@@ -215,7 +209,7 @@ def _train_encoder(backbone, objective, waves, codes, *, batch_plan, epochs, lea
                     module.reset_parameters()
             model = _TrainingStep(backbone, objective, layer, device)
             if world > 1:
-                model = _data_parallel(model, device)
+                model = data_parallel(model, device)
             for epoch in range(1, epochs + 1):
                 batches = batch_plan(rng)
                 n_steps = math.ceil(len(batches) / world)
@@ -238,9 +232,9 @@ def _train_encoder(backbone, objective, waves, codes, *, batch_plan, epochs, lea
                         f"{desc} epoch {epoch}/{epochs}: loss {record['loss']:.4f} "
                         f"({record['seconds']:.1f} s)"
                     )
-                stop = any(cb.on_epoch_end(record) for cb in callbacks)
+                stop = bool(on_epoch_end(record)) if on_epoch_end is not None else False
                 if world > 1:  # rank 0 decides, so that no rank waits for the others
-                    stop = bool(_broadcast_from_rank0([int(stop)])[0])
+                    stop = bool(broadcast_from_rank0([int(stop)])[0])
                 if stop or (max_steps is not None and steps_done >= max_steps):
                     break
     finally:
@@ -291,7 +285,7 @@ def _run_epoch(model, backbone, optimizer, waves, codes, batches, rng, *, max_sa
         # equals that of one process; each rank then runs its own share.
         crops = [[_training_clip(waves[i], backbone, max_samples, rng) for i in idx]
                  for idx in batches]
-        steps = ((batches[j], crops[j]) for j in _rank_steps(len(batches), rank, world))
+        steps = ((batches[j], crops[j]) for j in rank_steps(len(batches), rank, world))
     with progress:
         for idx, clips in steps:
             if clips is None:
@@ -301,7 +295,7 @@ def _run_epoch(model, backbone, optimizer, waves, codes, batches, rng, *, max_sa
             loss, stats = model(batch, targets)
             finite = bool(torch.isfinite(loss))
             if world > 1:  # every rank raises, or none: none may wait in backward
-                finite = _all_ranks_true(finite)
+                finite = all_ranks_true(finite)
             if not finite:
                 raise FloatingPointError(
                     "The training loss became NaN or infinite; lower learning_rate."
@@ -319,7 +313,7 @@ def _run_epoch(model, backbone, optimizer, waves, codes, batches, rng, *, max_sa
             progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     if world > 1:  # the epoch's record covers the batches of all ranks
         keys = list(stats_sum)
-        summed = _sum_over_ranks([total_loss, n_seen, *(stats_sum[k] for k in keys)])
+        summed = sum_over_ranks([total_loss, n_seen, *(stats_sum[k] for k in keys)])
         total_loss, n_seen = summed[0], int(summed[1])
         stats_sum = dict(zip(keys, summed[2:]))
     record = {"loss": total_loss / max(n_seen, 1), "batches": len(batches)}
@@ -334,197 +328,3 @@ def _training_clip(wave, backbone, max_samples, rng):
     if max_samples is not None:
         wave = random_crop(wave, max_samples, rng)
     return pad_to_length(wave, backbone.min_samples)
-
-
-class ValidationMonitor:
-    """Callback: score held-out clips after each epoch, keep the best weights, stop early.
-
-    Parameters
-    ----------
-    score_fn : callable
-        ``score_fn() -> float``, higher is better; stored as ``valid_accuracy``.
-    modules : list of torch.nn.Module
-        Whose weights are kept at the best epoch and restored by :meth:`restore_best`.
-    patience : int or None
-        Stop after this many epochs without improvement; None never stops.
-    keep_best : bool
-        Keep the best epoch's weights even without early stopping, so that
-        :meth:`restore_best` ends training at the best epoch.
-    """
-
-    def __init__(self, score_fn, modules, patience=None, keep_best=False):
-        self.score_fn = score_fn
-        self.modules = modules
-        self.patience = patience
-        self.keep_best = keep_best
-        self.best_score = None
-        self.best_epoch = None
-        self._best_states = None
-        self._since_best = 0
-
-    def _score(self):
-        if _process_group() is None:
-            return float(self.score_fn())
-        # Rank 0 scores; its score holds for all, so every rank keeps the same best
-        # epoch and stops at the same time (the weights are the same).
-        rank, _ = _process_group()
-        score = float(self.score_fn()) if rank == 0 else 0.0
-        return float(_broadcast_from_rank0([score], dtype=torch.float64)[0])
-
-    def score_start(self):
-        """Score the weights before training as epoch 0; return its history record.
-
-        The starting (pretrained) weights then compete with every epoch's, so that
-        a fit that keeps the best epoch never ends below where it started.
-        """
-        start = time.perf_counter()
-        record = {"epoch": 0, "loss": None, "batches": 0, "steps": 0}
-        self._update(record)
-        record["seconds"] = time.perf_counter() - start
-        return record
-
-    def on_epoch_end(self, record):
-        self._update(record)
-        return self.patience is not None and self._since_best >= self.patience
-
-    def _update(self, record):
-        score = self._score()
-        record["valid_accuracy"] = score
-        if self.best_score is None or score > self.best_score:
-            self.best_score, self.best_epoch, self._since_best = score, record["epoch"], 0
-            if self.patience is not None or self.keep_best:
-                self._best_states = [
-                    {k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.modules
-                ]
-        else:
-            self._since_best += 1
-
-    def restore_best(self):
-        """Load the weights of the best epoch back (kept with patience or keep_best)."""
-        if self._best_states is not None:
-            for module, state in zip(self.modules, self._best_states):
-                module.load_state_dict(state)
-
-
-# --------------------------------------------------------------------------------------
-# torch.distributed: the few collectives the loop needs
-# --------------------------------------------------------------------------------------
-
-
-def _process_group():
-    """``(rank, world_size)`` of an initialised default process group of 2+ processes.
-
-    None otherwise (no ``torch.distributed``, not initialised, or a single process),
-    in which case training is the plain single-process loop.
-    """
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()):
-        return None
-    world = dist.get_world_size()
-    return (dist.get_rank(), world) if world > 1 else None
-
-
-def _local_cuda_device():
-    """This rank's GPU: ``LOCAL_RANK`` (set by torchrun), else the current device."""
-    local_rank = os.environ.get("LOCAL_RANK")
-    if local_rank is not None and int(local_rank) < torch.cuda.device_count():
-        return torch.device("cuda", int(local_rank))
-    return torch.device("cuda", torch.cuda.current_device())
-
-
-def _rank_device(device):
-    """A bare ``cuda`` (what ``device="auto"`` gives) becomes this rank's own GPU.
-
-    It is also made the current CUDA device, so that inference after ``fit`` (which
-    asks for plain ``cuda``) runs on the same GPU. An explicit ``cuda:N`` is kept.
-    """
-    if device.type == "cuda" and device.index is None:
-        device = _local_cuda_device()
-        torch.cuda.set_device(device)
-    return device
-
-
-def _collective_device():
-    """Where small tensors for collectives live: the rank's GPU for NCCL, else CPU."""
-    if torch.distributed.get_backend() == "nccl":
-        return _local_cuda_device()
-    return torch.device("cpu")
-
-
-def _broadcast_from_rank0(values, dtype=torch.int64):
-    """Rank 0's ``values`` (a list of numbers), on every rank."""
-    tensor = torch.tensor(list(values), dtype=dtype, device=_collective_device())
-    torch.distributed.broadcast(tensor, src=0)
-    return tensor.tolist()
-
-
-def _sum_over_ranks(values):
-    """Element-wise sum over ranks of a list of numbers (float64)."""
-    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64,
-                          device=_collective_device())
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
-    return tensor.tolist()
-
-
-def _all_ranks_true(flag):
-    """Whether ``flag`` holds on every rank."""
-    tensor = torch.tensor([int(bool(flag))], dtype=torch.int64, device=_collective_device())
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MIN)
-    return bool(tensor.item())
-
-
-def _check_same_fit(waves, codes, batch_plan, rng, settings):
-    """Raise on every rank unless all ranks fit the same clips, labels and settings.
-
-    A rank with other data would silently train on a mix; one with another number
-    of epochs or batches would leave the others waiting forever. Compared: the clips
-    (a CRC of their samples), the labels, the first epoch's batch plan (drawn from a
-    copy of ``rng``, so batch sizes count too) and ``settings`` (numbers).
-    """
-    clips_crc = 0
-    for wave in waves:
-        clips_crc = zlib.crc32(np.ascontiguousarray(wave), clips_crc)
-    plan = batch_plan(copy.deepcopy(rng))
-    fingerprint = [
-        len(waves),
-        clips_crc,
-        zlib.crc32(np.ascontiguousarray(codes, dtype=np.int64)),
-        len(plan),
-        zlib.crc32(np.concatenate([np.asarray(b, dtype=np.int64) for b in plan])),
-        *settings,
-    ]
-    tensor = torch.tensor([float(v) for v in fingerprint], dtype=torch.float64,
-                          device=_collective_device())
-    low, high = tensor.clone(), tensor.clone()
-    torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
-    torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
-    if not torch.equal(low, high):
-        raise ValueError(
-            "Under torch.distributed every rank must call fit with the same clips, "
-            "labels, parameters and random_state; they differ between ranks (each rank "
-            "runs its share of one common batch plan). Load the same data on every rank."
-        )
-
-
-def _rank_steps(n_batches, rank, world):
-    """Indices of the batches that ``rank`` runs: ``rank, rank + world, ...``.
-
-    The plan is padded by wrapping around to a multiple of ``world`` so that every
-    rank takes ``ceil(n_batches / world)`` steps (each step averages ``world``
-    batches); every batch is run at least once per epoch.
-    """
-    return [(rank + world * step) % n_batches for step in range(math.ceil(n_batches / world))]
-
-
-def _data_parallel(model, device):
-    """Wrap ``model`` in ``DistributedDataParallel`` for this rank's device.
-
-    ``find_unused_parameters``: with ``layer`` below the last one the layers above it
-    get no gradient, and layerdrop skips layers at random.
-    """
-    from torch.nn.parallel import DistributedDataParallel
-
-    kwargs = {"find_unused_parameters": True}
-    if device.type == "cuda":
-        kwargs.update(device_ids=[device.index], output_device=device.index)
-    return DistributedDataParallel(model, **kwargs)

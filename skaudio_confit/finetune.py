@@ -88,6 +88,10 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
     keep_best : bool, default=False
         With a validation set, also score the pretrained encoder (with the fresh head)
         as epoch 0 and end with the weights of the best-scoring epoch (first on ties).
+    callbacks : list of Callback or None, default=None
+        Called in training (:mod:`skaudio_confit.callbacks`): e.g.
+        ``EarlyStopping``, ``EpochScoring`` with your own probe, ``PrintLog``. Each fit
+        works on copies of them. Not stored by ``save`` (a loaded model has None).
     device : str, default="auto"
         "auto" (CUDA with bf16 autocast if available, else CPU), "cpu", "cuda:N".
     random_state : int, RandomState instance or None, default=None
@@ -107,10 +111,16 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
         Class labels.
     history_ : list of dict
         Per epoch: ``loss``, ``train_accuracy``, ``batches``, ``steps`` (optimiser
-        steps so far), ``seconds`` and, with a validation set, ``valid_accuracy``;
-        with ``keep_best``, first an epoch-0 record of the starting weights.
+        steps so far), ``seconds`` and, with a validation set, ``valid_accuracy``,
+        and what callbacks add; with ``keep_best`` (or a callback's
+        ``score_pretrained``), first an epoch-0 record of the starting weights.
     n_features_in_ : int
         Samples per clip, only when ``fit`` got a 2-D array.
+
+    Notes
+    -----
+    Subclasses may change what is trained by overriding ``_make_objective``,
+    ``_batch_plan`` and ``_validation_score`` (user guide, "Subclassing").
 
     Examples
     --------
@@ -149,6 +159,7 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
         validation_fraction=None,
         n_iter_no_change=None,
         keep_best=False,
+        callbacks=None,
         device="auto",
         random_state=None,
         verbose=1,
@@ -170,6 +181,7 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.keep_best = keep_best
+        self.callbacks = callbacks
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -193,13 +205,7 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
         self : FineTuneClassifier
         """
         backbone, objective, classes, history = self._fit_encoder(
-            X, y, validation_data=validation_data,
-            make_objective=lambda backbone, n_classes: CrossEntropyObjective(
-                backbone.hidden_size, n_classes, head_learning_rate=self.head_learning_rate
-            ),
-            batch_plan=lambda codes: shuffled_batches(len(codes), self.batch_size),
-            score_fn=self._validation_score, min_classes=2, desc="FineTune",
-        )
+            X, y, validation_data=validation_data, desc="FineTune")
         # Fitted state is set only now, so a failed fit leaves a fitted model as it was.
         self.backbone_ = backbone
         self.coef_ = objective.head.weight.detach().cpu().numpy().astype(np.float32)
@@ -209,12 +215,21 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
         self._record_input_shape(X)
         return self
 
-    def _validation_score(self, backbone, objective, valid_waves, valid_codes, train_waves,
-                          train_codes, device):
-        pooled = self._embed_waves(backbone, valid_waves, device)
-        weight = objective.head.weight.detach().cpu().numpy()
-        bias = objective.head.bias.detach().cpu().numpy()
-        return float(np.mean((pooled @ weight.T + bias).argmax(axis=1) == valid_codes))
+    def _make_objective(self, backbone, n_classes):
+        """A fresh linear head with cross-entropy."""
+        return CrossEntropyObjective(backbone.hidden_size, n_classes,
+                                     head_learning_rate=self.head_learning_rate)
+
+    def _batch_plan(self, codes):
+        """Shuffled batches of ``batch_size`` clips."""
+        return shuffled_batches(len(codes), self.batch_size)
+
+    def _validation_score(self, state):
+        """Accuracy of the head being trained on the validation clips."""
+        head = state.objective.head
+        logits = (state.valid_embeddings() @ head.weight.detach().cpu().numpy().T
+                  + head.bias.detach().cpu().numpy())
+        return float(np.mean(logits.argmax(axis=1) == state.valid_codes))
 
     def transform(self, X):
         """Mean-pooled embeddings of the fine-tuned encoder (the head's input).

@@ -31,6 +31,7 @@ from skorch.dataset import Dataset
 from torch.utils.data import DataLoader
 
 from ._device import resolve_device
+from ._random import forked_torch_rng
 
 __all__ = ["LinearHead", "LinearHeadClassifier"]
 
@@ -323,16 +324,7 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
             yield
             return
         seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
-        cuda = []
-        if device is not None and torch.device(device).type == "cuda":
-            index = torch.device(device).index
-            cuda = [torch.cuda.current_device() if index is None else index]
-        # Only the CPU generator and the CUDA device in use are forked and seeded
-        # (torch.manual_seed would also queue a seed for every CUDA device).
-        with torch.random.fork_rng(devices=cuda):
-            torch.random.default_generator.manual_seed(seed)
-            for index in cuda:
-                torch.cuda.default_generators[index].manual_seed(seed)
+        with forked_torch_rng(seed, device):
             yield
 
     def _encode(self, X, y, classes, reset):
@@ -442,7 +434,7 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=np.float32)
         # Every DataLoader draws a base seed from the global torch RNG, even without
         # shuffling: fork it, so that predicting leaves the random state as it was.
-        with torch.random.fork_rng(devices=[]):
+        with forked_torch_rng():
             return self.net_.predict_proba(X)
 
     def predict(self, X):

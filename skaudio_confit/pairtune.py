@@ -111,6 +111,10 @@ class PairTuneTransformer(
         With a validation set, also score the pretrained encoder as epoch 0 and end
         with the weights of the best-scoring epoch (first on ties), so that the fit
         never ends below the pretrained encoder on the validation clips.
+    callbacks : list of Callback or None, default=None
+        Called in training (:mod:`skaudio_confit.callbacks`): e.g.
+        ``EarlyStopping``, ``EpochScoring`` with your own probe, ``PrintLog``. Each fit
+        works on copies of them. Not stored by ``save`` (a loaded model has None).
     device : str, default="auto"
         "auto" (CUDA if available, with bf16 autocast; else CPU), "cpu", "cuda:N".
     random_state : int, RandomState instance or None, default=None
@@ -127,10 +131,16 @@ class PairTuneTransformer(
     history_ : list of dict
         Per epoch: ``loss``, mined ``positive_pairs``/``negative_pairs``,
         ``batches``, ``steps`` (optimiser steps so far), ``seconds`` and, with a
-        validation set, ``valid_accuracy``; with ``keep_best``, first an epoch-0
-        record of the pretrained encoder.
+        validation set, ``valid_accuracy``, and what callbacks add; with ``keep_best``
+        (or a callback's ``score_pretrained``), first an epoch-0 record of the
+        pretrained encoder.
     n_features_in_ : int
         Number of samples per clip, only when ``fit`` got a 2-D array.
+
+    Notes
+    -----
+    Subclasses may change what is trained by overriding ``_make_objective``,
+    ``_batch_plan`` and ``_validation_score`` (user guide, "Subclassing").
 
     Examples
     --------
@@ -184,6 +194,7 @@ class PairTuneTransformer(
         validation_fraction=None,
         n_iter_no_change=None,
         keep_best=False,
+        callbacks=None,
         device="auto",
         random_state=None,
         verbose=1,
@@ -210,6 +221,7 @@ class PairTuneTransformer(
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.keep_best = keep_best
+        self.callbacks = callbacks
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -239,16 +251,7 @@ class PairTuneTransformer(
         self : PairTuneTransformer
         """
         backbone, _, classes, history = self._fit_encoder(
-            X, y, validation_data=validation_data,
-            make_objective=lambda backbone, n_classes: SupConObjective(
-                backbone.hidden_size, self.projection_dim, self.temperature, self.mining,
-                self.mining_margin, head_learning_rate=self.head_learning_rate,
-            ),
-            batch_plan=lambda codes: lambda rng: class_balanced_batches(
-                codes, self.batch_size, self.samples_per_class, rng
-            ),
-            score_fn=self._validation_score, min_classes=2, desc="PairTune",
-        )
+            X, y, validation_data=validation_data, desc="PairTune")
         # Fitted state is set only now, so a failed fit leaves a fitted model as it was.
         self.backbone_ = backbone
         if classes is None:  # the frozen encoder fitted without labels
@@ -259,13 +262,22 @@ class PairTuneTransformer(
         self._record_input_shape(X)
         return self
 
-    def _validation_score(self, backbone, objective, valid_waves, valid_codes, train_waves,
-                          train_codes, device):
-        # No classifier exists in stage 1: score the embeddings by nearest centroid.
-        return nearest_centroid_accuracy(
-            self._embed_waves(backbone, train_waves, device), train_codes,
-            self._embed_waves(backbone, valid_waves, device), valid_codes,
+    def _make_objective(self, backbone, n_classes):
+        """The SupCon objective with its projection head (dropped after fit)."""
+        return SupConObjective(
+            backbone.hidden_size, self.projection_dim, self.temperature, self.mining,
+            self.mining_margin, head_learning_rate=self.head_learning_rate,
         )
+
+    def _batch_plan(self, codes):
+        """Class-balanced batches: ``samples_per_class`` clips of each class drawn."""
+        return lambda rng: class_balanced_batches(codes, self.batch_size,
+                                                  self.samples_per_class, rng)
+
+    def _validation_score(self, state):
+        """Nearest-centroid accuracy: no classifier exists in stage 1."""
+        return nearest_centroid_accuracy(state.train_embeddings(), state.train_codes,
+                                         state.valid_embeddings(), state.valid_codes)
 
     def transform(self, X):
         """Mean-pooled embeddings of the tuned encoder.

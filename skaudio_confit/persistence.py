@@ -150,7 +150,8 @@ def _estimator_files(estimator):
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
         "estimator": type(estimator).__name__,
-        "params": json_value(estimator.get_params(deep=False)),
+        # Callbacks act in training only and are code, which this format does not hold.
+        "params": json_value({**estimator.get_params(deep=False), "callbacks": None}),
         "backbone_config": state["config"],
         "do_normalize": state["do_normalize"],
         "fitted": fitted,

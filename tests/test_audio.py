@@ -19,7 +19,6 @@ from sklearn.exceptions import DataConversionWarning
 from skaudio_confit._audio import (
     as_clip_list,
     check_sampling_rate,
-    check_targets,
     load_waveforms,
     max_samples,
     pad_to_length,
@@ -27,6 +26,7 @@ from skaudio_confit._audio import (
     read_audio_file,
     split_windows,
 )
+from skaudio_confit._labels import check_targets
 
 SR = 16000
 

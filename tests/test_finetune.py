@@ -91,22 +91,24 @@ def test_validation_history_and_early_stopping(tiny_whisper_encoder_dir):
     assert len(scores) == 6 or scores[-1] <= max(scores[:-1])
 
 
-def test_early_stopping_restores_the_best_epoch(tiny_whisper_encoder_dir, monkeypatch):
+def test_early_stopping_restores_the_best_epoch(tiny_whisper_encoder_dir):
     """With a validation score that peaks at epoch 2, the kept weights are epoch 2's."""
-    from skaudio_confit import finetune
+    from skaudio_confit.callbacks import Callback, EarlyStopping
 
     X, y = make_class_sines(n_per_class=8)
     seen = []
 
-    def scripted_score(self, backbone, objective, *args):
-        seen.append(objective.head.weight.detach().clone())
-        return [0.2, 0.9, 0.5, 0.4][len(seen) - 1]
+    class ScriptedScore(Callback):
+        def on_epoch_end(self, estimator, record, state):
+            seen.append(state.objective.head.weight.detach().clone())
+            record["scripted"] = [0.2, 0.9, 0.5, 0.4][len(seen) - 1]
 
-    monkeypatch.setattr(finetune.FineTuneClassifier, "_validation_score", scripted_score)
     clf = FineTuneClassifier(tiny_whisper_encoder_dir, **{**FAST, "epochs": 6},
-                             validation_fraction=0.25, n_iter_no_change=2).fit(X, y)
+                             validation_fraction=0.25,
+                             callbacks=[ScriptedScore(), EarlyStopping("scripted", 2)]).fit(X, y)
     assert [r["epoch"] for r in clf.history_] == [1, 2, 3, 4]
     np.testing.assert_array_equal(clf.coef_, seen[1].numpy())
+    assert not np.array_equal(seen[1].numpy(), seen[3].numpy())
 
 
 def test_validation_data_is_scored_every_epoch(tiny_whisper_encoder_dir, data):

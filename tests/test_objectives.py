@@ -7,7 +7,8 @@ import pytest
 import torch
 from pytorch_metric_learning import losses
 
-from skaudio_confit._objectives import SupConObjective, encode_labels
+from skaudio_confit._labels import encode_labels
+from skaudio_confit._objectives import SupConObjective
 
 
 def identity_head(objective):
@@ -220,3 +221,13 @@ def test_encode_object_labels_of_one_type_and_column_vector():
     classes, codes = encode_labels(np.array([[2], [1], [2]]))
     assert codes.shape == (3,)
     np.testing.assert_array_equal(classes[codes], [2, 1, 2])
+
+
+def test_encode_against_known_classes():
+    """Codes index into given classes (a fitted classes_); unknown labels are named."""
+    classes = np.array(["a", "b", "c"])
+    got, codes = encode_labels(["c", "a", "c"], classes=classes)
+    np.testing.assert_array_equal(got, classes)
+    np.testing.assert_array_equal(codes, [2, 0, 2])
+    with pytest.raises(ValueError, match="y_val has labels not seen in y: d, e"):
+        encode_labels(["a", "e", "d"], classes=classes, name="y_val")

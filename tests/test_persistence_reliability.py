@@ -28,7 +28,7 @@ from sklearn.svm import SVC
 
 from skaudio_confit import FineTuneClassifier, PairTuneTransformer, persistence
 from skaudio_confit import _atomic_save, _manifest
-from skaudio_confit._audio import check_targets
+from skaudio_confit._labels import check_targets
 from skaudio_confit.backbones import load_backbone
 from skaudio_confit.heads import LinearHeadClassifier
 from skaudio_confit.persistence import (

@@ -309,9 +309,9 @@ def _reference_step(backbone_dir, make_objective, batch_plan):
     halved and backpropagated (gradients add up to their mean), one AdamW step.
     The tiny encoder has no dropout, so each batch's forward is deterministic.
     """
-    from skaudio_confit._objectives import encode_labels
+    from skaudio_confit._labels import encode_labels
     from skaudio_confit._pooling import masked_mean
-    from skaudio_confit._training import seeds_from
+    from skaudio_confit._random import seeds_from
     from skaudio_confit.backbones import load_backbone
     from skaudio_confit.backbones._base import batch_to
 

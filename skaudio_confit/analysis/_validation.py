@@ -6,7 +6,7 @@ from numbers import Integral
 
 import numpy as np
 
-from .._objectives import encode_labels
+from .._labels import encode_labels
 
 # Rows are checked, normalised and summed block by block, each block holding about
 # this many values (8 MiB of float64), so memory stays flat however many rows there are.
