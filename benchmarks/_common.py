@@ -107,6 +107,21 @@ def write_text(path, text):
     return path
 
 
+def write_report(report, output_dir, name, plot=None, markdown=None):
+    """Write ``<name>.json`` from ``report``, then ``<name>.png`` by ``plot(report, path)``
+    and ``<name>.md`` from ``markdown(report)`` where given; prints what was written."""
+    output_dir = Path(output_dir)
+    write_json(output_dir / f"{name}.json", report)
+    written = ["json"]
+    if plot is not None:
+        plot(report, output_dir / f"{name}.png")
+        written.append("png")
+    if markdown is not None:
+        write_text(output_dir / f"{name}.md", markdown(report))
+        written.append("md")
+    print(f"wrote {output_dir}/{name}.{{{','.join(x for x in ('md', 'json', 'png') if x in written)}}}")
+
+
 def markdown_table(header, rows, align=None):
     """A GitHub markdown table; ``align`` holds "l" or "r" per column (default: l, r...)."""
     align = align or ["l"] + ["r"] * (len(header) - 1)
@@ -368,6 +383,22 @@ def load_train_test(task, gm_fold):
     X, y = loaded["X"], loaded["y"]
     return ([X[i] for i in train], y[train], [X[i] for i in test], y[test],
             loaded["rate"])
+
+
+# --------------------------------------------------------------------- models
+
+
+def make_estimator(kind, args, seed, sampling_rate, **params):
+    """A quiet estimator of ``kind``: "frozen" (``PairTuneTransformer(epochs=0)``, the
+    pretrained encoder), "pairtune" or "finetune", on ``args.backbone`` and
+    ``args.device``, with ``random_state=seed`` and ``params``."""
+    from skaudio_confit import FineTuneClassifier, PairTuneTransformer
+
+    params = {"backbone": args.backbone, "sampling_rate": sampling_rate,
+              "device": args.device, "random_state": seed, "verbose": 0, **params}
+    if kind == "frozen":
+        params["epochs"] = 0
+    return (FineTuneClassifier if kind == "finetune" else PairTuneTransformer)(**params)
 
 
 # --------------------------------------------------------------------- probes

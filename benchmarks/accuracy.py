@@ -151,19 +151,16 @@ def load_task(name, args):
 # ------------------------------------------------------------------- models
 
 
-def make_model(kind, args, seed, rate, epochs=None):
-    from skaudio_confit import FineTuneClassifier, PairTuneTransformer
-
-    common = {"backbone": args.backbone, "sampling_rate": rate, "device": args.device,
-              "random_state": seed, "verbose": 0}
+def make_model(kind, args, seed, rate):
+    """The frozen encoder, FineTune or PairTune with this run's settings."""
     if kind == "frozen":
-        return PairTuneTransformer(**{**common, **dict(args.frozen), "epochs": 0})
+        return _common.make_estimator(kind, args, seed, rate, **dict(args.frozen))
+    params = {"epochs": args.epochs}
     if args.learning_rate is not None:
-        common["learning_rate"] = args.learning_rate
-    if kind == "finetune":
-        return FineTuneClassifier(epochs=args.epochs, **{**common, **dict(args.finetune)})
-    return PairTuneTransformer(epochs=args.epochs, **{**common, **dict(args.pairtune)})
-
+        params["learning_rate"] = args.learning_rate
+    # --pairtune / --finetune KEY=VALUE override the shared settings.
+    return _common.make_estimator(kind, args, seed, rate,
+                                  **{**params, **dict(getattr(args, kind))})
 
 
 def probe_predictions(E_train, y_train, E_test, c_grid, inner_groups):
@@ -791,10 +788,7 @@ def main(argv=None):
         report["findings"] = args.findings.read_text(encoding="utf-8")
     report["figure"] = f"{args.name}.png"
     report["goal_check"] = goal_check(report)
-    _common.write_json(json_path, report)
-    plot(report, args.output_dir / report["figure"])
-    _common.write_text(args.output_dir / f"{args.name}.md", markdown(report))
-    print(f"wrote {args.output_dir}/{args.name}.{{md,json,png}}")
+    _common.write_report(report, args.output_dir, args.name, plot, markdown)
     return 0
 
 

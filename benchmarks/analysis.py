@@ -81,17 +81,11 @@ def load_task_data(args):
 
 
 def make_model(name, args, seed, sampling_rate):
-    from skaudio_confit import FineTuneClassifier, PairTuneTransformer
-
-    common = {"backbone": args.backbone, "sampling_rate": sampling_rate,
-              "device": args.device, "random_state": seed, "verbose": 0,
-              **dict(args.params)}
-    if name == "Frozen":
-        return PairTuneTransformer(**{**common, "epochs": 0})
-    if name == "FineTune":
-        return FineTuneClassifier(epochs=args.epochs, learning_rate=args.learning_rate,
-                                  **common)
-    return PairTuneTransformer(epochs=args.epochs, learning_rate=args.learning_rate, **common)
+    """``name`` of ``MODELS`` with this run's settings (the frozen encoder is not tuned)."""
+    tuning = {} if name == "Frozen" else {"epochs": args.epochs,
+                                          "learning_rate": args.learning_rate}
+    return _common.make_estimator(name.lower(), args, seed, sampling_rate,
+                                  **tuning, **dict(args.params))
 
 
 def measure(model, X_train, y_train, X_test, y_test):

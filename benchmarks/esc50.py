@@ -63,16 +63,10 @@ def parse_args(argv=None):
 
 
 def make_model(method, args, seed, rate):
-    from skaudio_confit import FineTuneClassifier, PairTuneTransformer
-
-    params = {"backbone": args.backbone, "sampling_rate": rate, "device": args.device,
-              "random_state": seed, "verbose": 0}
-    for name in ("epochs", "learning_rate", "batch_size"):
-        if getattr(args, name) is not None:
-            params[name] = getattr(args, name)
-    if method == "frozen":
-        params["epochs"] = 0
-    return (FineTuneClassifier if method == "finetune" else PairTuneTransformer)(**params)
+    """``method``'s estimator; epochs, learning rate and batch size where given."""
+    given = {name: getattr(args, name) for name in ("epochs", "learning_rate", "batch_size")
+             if getattr(args, name) is not None}
+    return _common.make_estimator(method, args, seed, rate, **given)
 
 
 def peak_gpu_memory_reset(device):
