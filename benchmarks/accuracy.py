@@ -236,8 +236,8 @@ def frozen_cache_path(task, args):
     """Cache file of a task's frozen embeddings (None without ``--cache-dir``).
 
     Named by a digest of the clips, backbone, frozen parameters and rate; the
-    digest of the package's inference code (pooling, front end, backbones) is part
-    of it, so a change there recomputes them.
+    digest of the package's sources is part of it, so a change to the code that
+    embeds (wherever it lives as modules are split) recomputes them.
     """
     if args.cache_dir is None:
         return None
@@ -248,10 +248,7 @@ def frozen_cache_path(task, args):
     params = make_model("frozen", args, 0, task["rate"]).get_params()
     params = sorted((k, v) for k, v in params.items() if k not in ("random_state", "verbose"))
     digest = hashlib.sha256(repr((params, task["rate"], used.tolist())).encode())
-    package = ROOT / "skaudio_confit"
-    for path in sorted([package / "_pooling.py", package / "_audio.py",
-                        *(package / "backbones").glob("*.py")]):
-        digest.update(path.read_bytes())
+    digest.update(_common.code_state(ROOT)["package_sha256"].encode())
     for i in used:
         digest.update(np.ascontiguousarray(task["X"][i]).tobytes())
     return args.cache_dir / f"frozen-{digest.hexdigest()[:20]}.npy"
