@@ -118,7 +118,7 @@ def test_predict_prints_one_line_per_file(model_dir, audio_folder, capsys):
     for line, row in zip(lines, proba):
         _, label, probability = line.split("\t")
         assert label == pipeline.classes_[row.argmax()]
-        assert float(probability) == pytest.approx(row.max(), abs=5e-4)
+        assert float(probability) == pytest.approx(row.max(), abs=5.1e-4)
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".csv"])
@@ -299,11 +299,11 @@ def test_evaluate_with_n_folds_on_an_audio_folder(audio_folder, tiny_whisper_enc
                             dtype=float)
         # Accuracies of 9 test clips each (18 clips, 2 folds), printed to 3 decimals.
         assert len(per_fold) == 2
-        np.testing.assert_allclose(per_fold * 9, np.round(per_fold * 9), atol=9 * 5e-4)
+        np.testing.assert_allclose(per_fold * 9, np.round(per_fold * 9), atol=9 * 5.1e-4)
         assert "balanced accuracy per fold" in line
         # The summary row's mean is the mean of the folds.
         summary = next(row for row in out.splitlines()[::-1] if row.startswith(model))
-        assert float(summary.split()[-5]) == pytest.approx(per_fold.mean(), abs=1e-3)
+        assert float(summary.split()[-5]) == pytest.approx(per_fold.mean(), abs=1.1e-3)
     assert "balanced accuracy" in out.splitlines()[-3]
 
 
