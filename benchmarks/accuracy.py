@@ -59,9 +59,7 @@ Writes ``benchmarks/results/accuracy.{md,json,png}``.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -72,6 +70,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import _common  # benchmarks/, this script's own folder
+# key_value and load_task are also read from this module by convergence.py.
+from _common import (GM_CORE3, SPEAKERS, code_line, fmt, key_value,  # noqa: F401
+                     linear_probe, mean_std, summarise)
 
 TASKS = ("fsdd-speaker-fewshot", "fsdd-digit-unseen-speaker", "drums-leave-kits-out",
          "gm128-fewshot", "gm16-fewshot", "gm128-all", "fsdd60-fewshot")
@@ -82,50 +83,21 @@ DIAGNOSTICS = ("FineTune + LR", "Frozen + LR (CV C)", "FineTune + LR (CV C)",
                "PairTune + LR (CV C)")
 ALL_METHODS = METHODS + DIAGNOSTICS
 METHOD_KEYS = {"frozen": "Frozen", "finetune": "FineTune", "pairtune": "PairTune"}
-SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
-TRAIN_TAKES = range(5, 10)
-# The team's shared data sit beside the checkout (``../shared/data``); override with
-# SKAUDIO_CONFIT_SHARED_DATA to point elsewhere.
-SHARED_DATA = Path(os.environ.get("SKAUDIO_CONFIT_SHARED_DATA",
-                                  Path(__file__).resolve().parents[2] / "shared" / "data"))
-DRUMS_ROOT = SHARED_DATA / "drums"
-GM_ROOT = SHARED_DATA / "gm_instruments"
-# Core-3 protocol of gm_instruments: one soundfont per independent sample lineage.
-GM_CORE3 = ("fluidr3", "timgm6mb", "opl3")
-GM_SHOTS = 4  # clips per program in the few-shot tasks
-
-
-def key_value(text):
-    """``KEY=VALUE`` with VALUE a Python literal (number, string, None, bool)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        pass  # a bare string
-    return key, value
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="random_state of the fine-tuned models (default: 0 1 2)")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--learning-rate", type=float, default=None,
-                        help="of FineTune and PairTune (default: the package default)")
+    _common.add_model_arguments(
+        parser, seeds=(0, 1, 2), epochs=3, learning_rate=None,
+        learning_rate_help="of FineTune and PairTune (default: the package default)")
     parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), choices=TASKS)
     parser.add_argument("--methods", nargs="+", default=list(METHOD_KEYS),
                         choices=list(METHOD_KEYS),
                         help="models to fit (default: all three)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
-                        help="torch device (default: cpu)")
-    parser.add_argument("--backbone", default=None,
-                        help="hub id or local directory (default: bundled Whisper tiny.en)")
     parser.add_argument("--rotations", nargs="+", default=list(SPEAKERS), choices=SPEAKERS,
                         help="held-out speakers of fsdd-digit-unseen-speaker (default: all 6)")
-    parser.add_argument("--drums-root", type=Path, default=DRUMS_ROOT)
-    parser.add_argument("--gm-root", type=Path, default=GM_ROOT)
+    parser.add_argument("--drums-root", type=Path, default=_common.DRUMS_ROOT)
+    parser.add_argument("--gm-root", type=Path, default=_common.GM_ROOT)
     parser.add_argument("--gm-folds", nargs="+", default=list(GM_CORE3), choices=GM_CORE3,
                         help="held-out soundfonts of the gm tasks (default: all 3 of Core-3)")
     parser.add_argument("--folds", type=int, default=4, help="GroupKFold splits on drums")
@@ -147,10 +119,7 @@ def parse_args(argv=None):
     parser.add_argument("--max-splits", type=int, default=None,
                         help="debug/timing: only the first N splits of each task "
                              "(drums metrics then cover only those folds)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's own choice)")
-    parser.add_argument("--output-dir", type=Path, default=_common.RESULTS_DIR)
-    parser.add_argument("--name", default="accuracy", help="output file stem")
+    _common.add_output_arguments(parser, "accuracy")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite the .md and .png from the existing .json")
     parser.add_argument("--variants", type=Path, nargs="+", default=None,
@@ -170,156 +139,28 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------- tasks and data
 
 
-def peak_normalise(wave):
-    peak = float(np.max(np.abs(wave))) if len(wave) else 0.0
-    return (wave / peak).astype(np.float32) if peak > 0 else wave
-
-
 def load_task(name, args):
-    """Clips, labels, rate, the outer splits and the inner-CV groups of one task.
-
-    Returns a dict with ``X`` (list of waveforms), ``y``, ``rate``, ``splits`` (list
-    of ``(split_name, train_idx, test_idx)``), ``inner_groups`` (array or None) and
-    ``description``.
-    """
-    if name.startswith("gm"):
-        return load_gm_task(name, args)
-    if name.startswith("fsdd"):
-        from skaudio_confit.datasets import load_spoken_digits
-
-        target = "speaker" if name in ("fsdd-speaker-fewshot", "fsdd60-fewshot") else "digit"
-        bunch = load_spoken_digits(target=target)
-        take = bunch.frame["take"].to_numpy()
-        speaker = bunch.frame["speaker"].to_numpy().astype(str)
-        train_take = np.isin(take, list(TRAIN_TAKES))
-        if name in ("fsdd-speaker-fewshot", "fsdd60-fewshot"):
-            splits = [("official", np.flatnonzero(train_take),
-                       np.flatnonzero(bunch.split == "test"))]
-            inner_groups = None  # stratified folds over the training clips
-            description = {
-                "data": "Free Spoken Digit Dataset (bundled, 8 kHz)",
-                "target": "speaker (6 classes)",
-                "train": "takes 5-9, 300 clips (5 per speaker and digit)",
-                "test": "official test split, takes 0-4, 300 clips",
-            }
-            if name == "fsdd60-fewshot":
-                digit = bunch.frame["digit"].to_numpy()
-                bunch.target = np.array([f"{s}-{d}" for s, d in zip(speaker, digit)])
-                description.update(
-                    target="speaker x digit (60 classes)",
-                    train="takes 5-9, 300 clips (5 per class: few-shot, unseen takes)")
-        else:
-            splits = [(s, np.flatnonzero(train_take & (speaker != s)),
-                       np.flatnonzero(speaker == s)) for s in args.rotations]
-            inner_groups = speaker  # inner CV also holds speakers out
-            description = {
-                "data": "Free Spoken Digit Dataset (bundled, 8 kHz)",
-                "target": "digit (10 classes)",
-                "train": "takes 5-9 of the 5 other speakers, 250 clips",
-                "test": "all 50 takes of the held-out speaker, 500 clips",
-                "rotations": list(args.rotations),
-            }
-        X, y, rate = bunch.data, np.asarray(bunch.target), bunch.sampling_rate
-    else:
-        from sklearn.model_selection import GroupKFold
-
-        from skaudio_confit.datasets import load_audio_folder
-
-        bunch = load_audio_folder(args.drums_root, group_column="kit")
-        X = [peak_normalise(w) for w in bunch.data] if args.peak_normalise else bunch.data
-        y, rate, kits = np.asarray(bunch.target), bunch.sampling_rate, bunch.groups
-        folds = GroupKFold(n_splits=args.folds).split(np.zeros(len(y)), y, groups=kits)
-        splits = [(f"fold{i}", tr, te) for i, (tr, te) in enumerate(folds)]
-        inner_groups = kits
-        description = {
-            "data": f"Hydrogen drum one-shots ({args.drums_root}, {rate} Hz)",
-            "target": "instrument (6 classes: kick, snare, hihat, tom, cymbal, clap)",
-            "train": f"GroupKFold({args.folds}) by kit (12 kits), ~3/4 of 463 clips per fold",
-            "test": "the held-out kits of each fold; out-of-fold predictions pooled",
-            "peak_normalised": bool(args.peak_normalise),
-            "folds": [{"name": n, "test_kits": sorted(set(kits[te].tolist())),
-                       "n_train": len(tr), "n_test": len(te)} for n, tr, te in splits],
-        }
-    if args.max_splits is not None:
-        splits = splits[: args.max_splits]
-    return {"X": X, "y": y, "rate": rate, "splits": splits,
-            "inner_groups": inner_groups, "description": description}
-
-
-def load_gm_task(name, args):
-    """gm_instruments, Core-3 protocol: train on two soundfonts, test on the third.
-
-    ``gm128-*``: the GM program (128 classes); ``gm16-*``: the GM family (16
-    classes). ``*-fewshot`` trains on ``GM_SHOTS`` clips per program (half from each
-    training soundfont, notes drawn once per fold with a fixed seed, the same for
-    every model seed and for both targets); ``*-all`` on every clip of the two
-    training soundfonts.
-    """
-    import pandas as pd
-    import soundfile as sf
-
-    root = args.gm_root
-    meta = pd.read_csv(root / "metadata.csv")
-    meta = meta[meta["soundfont"].isin(GM_CORE3)].reset_index(drop=True)
-    X = []
-    for path in meta["path"]:
-        wave, rate = sf.read(root / path, dtype="float32")
-        X.append(wave)
-    target = "program" if name.startswith("gm128") else "family"
-    y = meta[target].to_numpy()
-    soundfont = meta["soundfont"].to_numpy().astype(str)
-    fewshot = name.endswith("fewshot")
-    splits = []
-    for held_out in args.gm_folds:
-        train = np.flatnonzero(soundfont != held_out)
-        if fewshot:
-            rng = np.random.default_rng(GM_CORE3.index(held_out))
-            picked = []
-            for (_, _), rows in meta.iloc[train].groupby(["program", "soundfont"]):
-                idx = rows.index.to_numpy()
-                picked.extend(rng.choice(idx, size=min(GM_SHOTS // 2, len(idx)), replace=False))
-            train = np.sort(np.array(picked))
-        splits.append((held_out, train, np.flatnonzero(soundfont == held_out)))
-    n_classes = len(np.unique(y))
-    description = {
-        "data": f"gm_instruments Core-3 ({', '.join(GM_CORE3)}; 1 s notes, {rate} Hz)",
-        "target": f"GM {target} ({n_classes} classes)",
-        "train": (f"{GM_SHOTS} clips per program ({GM_SHOTS // 2} notes from each of the two "
-                  f"training soundfonts, fixed per fold), {len(splits[0][1])} clips"
-                  if fewshot else "all clips of the two training soundfonts, ~1,535 clips"),
-        "test": "every clip of the held-out soundfont (767-768); accuracy averaged "
-                "over the held-out soundfonts",
-        "rotations": list(args.gm_folds),
-    }
-    if args.max_splits is not None:
-        splits = splits[: args.max_splits]
-    return {"X": X, "y": y, "rate": rate, "splits": splits, "inner_groups": soundfont,
-            "description": description}
+    """One task's clips, labels and splits (see ``_common.load_task``), with the data
+    folders, rotations and folds taken from this script's arguments ``args``."""
+    return _common.load_task(
+        name, rotations=args.rotations, drums_root=args.drums_root,
+        peak_normalised=args.peak_normalise, folds=args.folds, gm_root=args.gm_root,
+        gm_folds=args.gm_folds, max_splits=args.max_splits)
 
 
 # ------------------------------------------------------------------- models
 
 
-def make_model(kind, args, seed, rate, epochs=None):
-    from skaudio_confit import FineTuneClassifier, PairTuneTransformer
-
-    common = {"backbone": args.backbone, "sampling_rate": rate, "device": args.device,
-              "random_state": seed, "verbose": 0}
+def make_model(kind, args, seed, rate):
+    """The frozen encoder, FineTune or PairTune with this run's settings."""
     if kind == "frozen":
-        return PairTuneTransformer(**{**common, **dict(args.frozen), "epochs": 0})
+        return _common.make_estimator(kind, args, seed, rate, **dict(args.frozen))
+    params = {"epochs": args.epochs}
     if args.learning_rate is not None:
-        common["learning_rate"] = args.learning_rate
-    if kind == "finetune":
-        return FineTuneClassifier(epochs=args.epochs, **{**common, **dict(args.finetune)})
-    return PairTuneTransformer(epochs=args.epochs, **{**common, **dict(args.pairtune)})
-
-
-def linear_probe():
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        params["learning_rate"] = args.learning_rate
+    # --pairtune / --finetune KEY=VALUE override the shared settings.
+    return _common.make_estimator(kind, args, seed, rate,
+                                  **{**params, **dict(getattr(args, kind))})
 
 
 def probe_predictions(E_train, y_train, E_test, c_grid, inner_groups):
@@ -373,9 +214,8 @@ def run_split(kind, task, split, args, seed, frozen_embeddings=None):
         if scores:
             info["valid_accuracy"] = [h.get("valid_accuracy") for h in model.history_]
             info["best_epoch"] = -max(scores)[1]
-        if kind == "finetune":
-            logits = E_test @ model.coef_.T + model.intercept_
-            out["FineTune"] = model.classes_[logits.argmax(axis=1)]
+        if kind == "finetune":  # its own head (embeds the test clips again)
+            out["FineTune"] = model.predict(pick(test_idx))
             info["final_train_accuracy"] = model.history_[-1].get("train_accuracy")
     start = time.perf_counter()
     fixed, tuned, best_c = probe_predictions(E_train, y_train, E_test, args.c_grid, inner)
@@ -396,8 +236,8 @@ def frozen_cache_path(task, args):
     """Cache file of a task's frozen embeddings (None without ``--cache-dir``).
 
     Named by a digest of the clips, backbone, frozen parameters and rate; the
-    digest of the package's inference code (pooling, front end, backbones) is part
-    of it, so a change there recomputes them.
+    digest of the package's sources is part of it, so a change to the code that
+    embeds (wherever it lives as modules are split) recomputes them.
     """
     if args.cache_dir is None:
         return None
@@ -408,10 +248,7 @@ def frozen_cache_path(task, args):
     params = make_model("frozen", args, 0, task["rate"]).get_params()
     params = sorted((k, v) for k, v in params.items() if k not in ("random_state", "verbose"))
     digest = hashlib.sha256(repr((params, task["rate"], used.tolist())).encode())
-    package = ROOT / "skaudio_confit"
-    for path in sorted([package / "_pooling.py", package / "_audio.py",
-                        *(package / "backbones").glob("*.py")]):
-        digest.update(path.read_bytes())
+    digest.update(_common.code_state(ROOT)["package_sha256"].encode())
     for i in used:
         digest.update(np.ascontiguousarray(task["X"][i]).tobytes())
     return args.cache_dir / f"frozen-{digest.hexdigest()[:20]}.npy"
@@ -432,9 +269,10 @@ def frozen_embeddings_of(task, args):
     first = [int(np.flatnonzero(task["y"][used] == c)[0]) for c in classes[:2]]
     model.fit([task["X"][used[i]] for i in first], task["y"][used[first]])  # loads only
     start = time.perf_counter()
-    E = np.zeros((len(task["X"]), model.backbone_.hidden_size), dtype=np.float32)
-    E[used] = model.transform([task["X"][i] for i in used])
+    E_used = model.transform([task["X"][i] for i in used])
     seconds = time.perf_counter() - start
+    E = np.zeros((len(task["X"]), E_used.shape[1]), dtype=np.float32)
+    E[used] = E_used
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, E)
@@ -482,22 +320,8 @@ def task_metrics(task):
     return ("accuracy",)
 
 
-def summarise(per_seed, metrics):
-    out = {}
-    for m in metrics:
-        values = np.array([r[m] for r in per_seed], dtype=float)
-        out[m] = {"mean": float(values.mean()),
-                  "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
-    return out
-
 
 # ------------------------------------------------------------------ reporting
-
-
-def fmt(stats, digits=3):
-    if stats is None:
-        return "n/a"
-    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
 
 def goal_check(report):
@@ -588,14 +412,12 @@ def variants_markdown(report):
 
 
 def plot(report, path):
-    from matplotlib.figure import Figure
-
     tasks = list(report["results"])
     methods = [m for m in METHODS + ("FineTune + LR",)
                if any(m in report["results"][t] for t in tasks)]
     colours = {"Frozen + LR": "#9e9e9e", "FineTune": "#d95f02", "PairTune + LR": "#1b9e77",
                "FineTune + LR": "#f4a582"}
-    fig = Figure(figsize=(3.3 * len(tasks) + 2.5, 4.8), layout="constrained")
+    fig = _common.new_figure(3.3 * len(tasks) + 2.5, 4.8)
     ax = fig.subplots()
     width = 0.8 / len(methods)
     lows = []
@@ -623,16 +445,8 @@ def plot(report, path):
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.set_title(f"Held-out accuracy, {report['backbone']}, {report['epochs']} epochs, "
                  f"lr {report['learning_rate']:g}, seeds {report['seeds']}", fontsize=9)
-    fig.savefig(path, dpi=110)
+    _common.save_figure(fig, path)
 
-
-def code_line(code):
-    if not code:
-        return "Code: not recorded"
-    text = f"Code: git commit {code.get('commit') or 'unknown'}"
-    if code.get("package_uncommitted_changes"):
-        text += " plus uncommitted changes to the package"
-    return text + f"; package sources sha256 {code['package_sha256'][:12]}"
 
 
 def markdown(report):
@@ -754,9 +568,7 @@ def markdown(report):
         for mm in ALL_METHODS:
             if mm in res:
                 ps = res[mm]["per_seed"]
-                rows.append([mm] + [fmt({"mean": np.mean([r["per_fold"][f] for r in ps]),
-                                         "std": np.std([r["per_fold"][f] for r in ps],
-                                                       ddof=1) if len(ps) > 1 else 0.0})
+                rows.append([mm] + [fmt(mean_std([r["per_fold"][f] for r in ps]))
                                     for f in folds])
         lines += [_common.markdown_table(["Method"] + list(folds), rows), ""]
 
@@ -868,8 +680,7 @@ def run(args, argv):
         "question": "Does a linear classifier on PairTune's embeddings match or beat "
                     "FineTune and a linear classifier on the frozen encoder?",
         "date": _common.now(),
-        "command": " ".join(["python", "benchmarks/accuracy.py",
-                             *(sys.argv[1:] if argv is None else argv)]),
+        "command": _common.command_line("accuracy.py", argv),
         "machine": _common.machine(args.device),
         "code": code,
         "device": args.device,
@@ -954,9 +765,7 @@ def run(args, argv):
             print(f"  {name} {method:>22}: " + ", ".join(
                 f"{k} {fmt(v)}" for k, v in r["summary"].items()), flush=True)
     report["total_seconds"] = time.perf_counter() - started
-    import os
-
-    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["load_average_at_end"] = _common.load_average()
     return report
 
 
@@ -976,10 +785,7 @@ def main(argv=None):
         report["findings"] = args.findings.read_text(encoding="utf-8")
     report["figure"] = f"{args.name}.png"
     report["goal_check"] = goal_check(report)
-    _common.write_json(json_path, report)
-    plot(report, args.output_dir / report["figure"])
-    _common.write_text(args.output_dir / f"{args.name}.md", markdown(report))
-    print(f"wrote {args.output_dir}/{args.name}.{{md,json,png}}")
+    _common.write_report(report, args.output_dir, args.name, plot, markdown)
     return 0
 
 

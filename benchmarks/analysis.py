@@ -25,7 +25,6 @@ Writes ``benchmarks/results/analysis.{md,json,png}``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -49,99 +48,49 @@ METRICS = (  # key, column header, format
     ("separability", "Silhouette (cos)", "{:.3f}"),
     ("accuracy", "LogReg acc.", "{:.3f}"),
 )
-TRAIN_TAKES = range(5, 10)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
-                        help="random_state of the fine-tuned models (default: 0)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
-                        help="torch device (default: cpu)")
-    parser.add_argument("--backbone", default=None,
-                        help="hub id or local directory (default: bundled Whisper tiny.en)")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    _common.add_model_arguments(parser, seeds=(0,), epochs=3, learning_rate=5e-5)
     parser.add_argument("--projection", default="auto", choices=("auto", "umap", "tsne", "pca"),
                         help="2-D projection of the plots (auto: UMAP if installed, else t-SNE)")
-    parser.add_argument("--task", default="fsdd-speaker",
-                        choices=("fsdd-speaker", "gm128-fewshot"),
-                        help="fsdd-speaker (default) or gm128-fewshot (128 GM programs, "
-                             "4 clips each from two soundfonts, tested on the third)")
-    parser.add_argument("--gm-fold", default="timgm6mb",
-                        help="held-out soundfont of gm128-fewshot (default: timgm6mb)")
-    parser.add_argument("--params", type=_key_value, nargs="+", default=[],
-                        metavar="KEY=VALUE",
-                        help="extra parameters of all three models (e.g. layer=2)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's own choice)")
-    parser.add_argument("--output-dir", type=Path, default=_common.RESULTS_DIR)
-    parser.add_argument("--name", default="analysis", help="output file stem")
+    _common.add_task_arguments(parser, "extra parameters of all three models (e.g. layer=2)")
+    _common.add_output_arguments(parser, "analysis")
     return parser.parse_args(argv)
-
-
-def _key_value(text):
-    from accuracy import key_value
-
-    return key_value(text)
 
 
 def load_task_data(args):
     """Train and test clips of ``args.task``, and a description for the report."""
+    X_train, y_train, X_test, y_test, rate = _common.load_train_test(args.task, args.gm_fold)
     if args.task == "fsdd-speaker":
-        X_train, y_train, X_test, y_test, rate = load_data()
-        return X_train, y_train, X_test, y_test, rate, {
+        description = {
             "name": "Free Spoken Digit Dataset (bundled)",
             "task": "speaker identification, 6 speakers",
             "train": f"takes 5-9, {len(X_train)} clips (5 per speaker and digit)",
             "test": f"official test split, takes 0-4, {len(X_test)} clips",
-            "sampling_rate": rate,
         }
-    import accuracy
-
-    task = accuracy.load_task(args.task, accuracy.parse_args(["--gm-folds", args.gm_fold]))
-    (_, train, test), = task["splits"]
-    X, y = task["X"], task["y"]
-    return ([X[i] for i in train], y[train], [X[i] for i in test], y[test], task["rate"], {
-        "name": "gm_instruments, Core-3",
-        "task": "GM program identification, 128 classes",
-        "train": f"{len(train)} clips: 4 per program from the two training soundfonts",
-        "test": f"held-out soundfont {args.gm_fold}, {len(test)} clips",
-        "sampling_rate": task["rate"],
-    })
-
-
-def load_data():
-    from skaudio_confit.datasets import load_spoken_digits
-
-    bunch = load_spoken_digits(target="speaker")
-    take = bunch.frame["take"].to_numpy()
-    train = np.isin(take, list(TRAIN_TAKES))
-    test = bunch.split == "test"
-    pick = lambda mask: [x for x, keep in zip(bunch.data, mask) if keep]
-    return (pick(train), bunch.target[train], pick(test), bunch.target[test],
-            bunch.sampling_rate)
+    else:
+        description = {
+            "name": "gm_instruments, Core-3",
+            "task": "GM program identification, 128 classes",
+            "train": f"{len(X_train)} clips: 4 per program from the two training soundfonts",
+            "test": f"held-out soundfont {args.gm_fold}, {len(X_test)} clips",
+        }
+    return X_train, y_train, X_test, y_test, rate, {**description, "sampling_rate": rate}
 
 
 def make_model(name, args, seed, sampling_rate):
-    from skaudio_confit import FineTuneClassifier, PairTuneTransformer
-
-    common = {"backbone": args.backbone, "sampling_rate": sampling_rate,
-              "device": args.device, "random_state": seed, "verbose": 0,
-              **dict(args.params)}
-    if name == "Frozen":
-        return PairTuneTransformer(**{**common, "epochs": 0})
-    if name == "FineTune":
-        return FineTuneClassifier(epochs=args.epochs, learning_rate=args.learning_rate,
-                                  **common)
-    return PairTuneTransformer(epochs=args.epochs, learning_rate=args.learning_rate, **common)
+    """``name`` of ``MODELS`` with this run's settings (the frozen encoder is not tuned)."""
+    tuning = {} if name == "Frozen" else {"epochs": args.epochs,
+                                          "learning_rate": args.learning_rate}
+    return _common.make_estimator(name.lower(), args, seed, sampling_rate,
+                                  **tuning, **dict(args.params))
 
 
 def measure(model, X_train, y_train, X_test, y_test):
     """Fit, embed both splits, and compute the geometry of the test embeddings."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.base import is_classifier
 
     from skaudio_confit.analysis import dimension_contribution, separability_score
 
@@ -153,34 +102,19 @@ def measure(model, X_train, y_train, X_test, y_test):
     embed_seconds = time.perf_counter() - start
 
     contribution = dimension_contribution(E_test)
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    classifier.fit(E_train, y_train)
     row = {
         "anisotropy": contribution.anisotropy,
         **{k: contribution[k] for k in ("top1", "top2", "top3",
                                         "dims_for_50", "dims_for_80", "dims_for_90")},
         "top_dimensions": contribution.order[:5].tolist(),
         "separability": separability_score(E_test, y_test),
-        "accuracy": classifier.score(E_test, y_test),
+        "accuracy": _common.probe_accuracy(E_train, y_train, E_test, y_test),
         "fit_seconds": fit_seconds,
         "embed_seconds": embed_seconds,
     }
-    if hasattr(model, "coef_"):  # FineTune's own linear head, on the same embeddings
-        logits = E_test @ model.coef_.T + model.intercept_
-        row["head_accuracy"] = float(np.mean(model.classes_[logits.argmax(1)] == y_test))
+    if is_classifier(model):  # FineTune's own linear head, on the same test clips
+        row["head_accuracy"] = model.score(X_test, y_test)
     return row, E_test
-
-
-def summarise(rows):
-    """Mean and sample standard deviation over seeds of each numeric metric."""
-    keys = [k for k, v in rows[0].items()
-            if k != "seed" and isinstance(v, (int, float)) and not isinstance(v, bool)]
-    out = {}
-    for k in keys:
-        values = np.array([r[k] for r in rows], dtype=float)
-        out[k] = {"mean": float(values.mean()),
-                  "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
-    return out
 
 
 def cell(stats, key, fmt):
@@ -195,11 +129,9 @@ def cell(stats, key, fmt):
 
 def plot(embeddings, y_test, results, args, path):
     """One separability panel per model: the first seed's test embeddings."""
-    from matplotlib.figure import Figure
-
     from skaudio_confit.analysis import plot_separability
 
-    fig = Figure(figsize=(5.2 * len(embeddings), 5.4), layout="constrained")
+    fig = _common.new_figure(5.2 * len(embeddings), 5.4)
     axes = fig.subplots(1, len(embeddings))
     method = None
     for ax, (name, E) in zip(np.atleast_1d(axes), embeddings.items()):
@@ -213,7 +145,7 @@ def plot(embeddings, y_test, results, args, path):
             if args.task == "fsdd-speaker" else
             f"GM 128-way, held-out soundfont {args.gm_fold}, coloured by program")
     fig.suptitle(f"{what} ({method}, cosine geometry; seed {args.seeds[0]})")
-    fig.savefig(path, dpi=110)
+    _common.save_figure(fig, path)
     return method
 
 
@@ -233,6 +165,7 @@ def markdown(report, summaries):
          f"{m.get('load_average_at_end')} at end: fit times include time shared with "
          f"other processes); torch {m['torch']} on {protocol['device']}{gpu}"),
         f"Command: `{report['command']}`",
+        _common.code_line(report.get("code")),
         f"Data: {data['name']}, {data['task']}; train {data['train']}; test {data['test']}.",
         (f"Backbone: {report['backbone']} ({report['embedding_dims']}-dim embeddings). "
          f"FineTune and PairTune: {protocol['epochs']} "
@@ -277,6 +210,7 @@ def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
     date = _common.now()
+    code = _common.code_state()
     machine = _common.machine(args.device)
 
     _common.set_threads(args.threads)
@@ -298,7 +232,7 @@ def main(argv=None):
                   f"{row['top1']:.3f}, silhouette {row['separability']:.3f}, accuracy "
                   f"{row['accuracy']:.3f} (fit {row['fit_seconds']:.0f} s, embed "
                   f"{row['embed_seconds']:.0f} s)", flush=True)
-    summaries = {name: summarise(results[name]["per_seed"]) for name in MODELS}
+    summaries = {name: _common.summarise(results[name]["per_seed"]) for name in MODELS}
     for name in MODELS:
         results[name]["summary"] = summaries[name]
 
@@ -311,9 +245,9 @@ def main(argv=None):
         "question": "Does PairTune reduce anisotropy and rogue dimensions and improve class "
                     "separation compared with FineTune and the frozen encoder?",
         "date": date,
-        "command": " ".join(["python", "benchmarks/analysis.py", *sys.argv[1:]])
-                   if argv is None else " ".join(["python", "benchmarks/analysis.py", *argv]),
+        "command": _common.command_line("analysis.py", argv),
         "machine": machine,
+        "code": code,
         "seeds": args.seeds,
         "backbone": args.backbone or "bundled Whisper tiny.en encoder",
         "embedding_dims": int(next(iter(first_embeddings.values())).shape[1]),
@@ -337,8 +271,8 @@ def main(argv=None):
         "results": results,
         "total_seconds": time.perf_counter() - started,
     }
-    if hasattr(os, "getloadavg"):  # fit times depend on what else ran on the machine
-        machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    # Fit times depend on what else ran on the machine.
+    machine["load_average_at_end"] = _common.load_average()
     _common.write_json(args.output_dir / f"{args.name}.json", report)
     _common.write_text(args.output_dir / f"{args.name}.md", markdown(report, summaries))
     print(f"wrote {args.output_dir}/{args.name}.{{md,json,png}} in "

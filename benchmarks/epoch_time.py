@@ -12,46 +12,46 @@ the drum one-shots (463 clips of at most 2 s), and records the seconds of each e
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-import _common
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-DRUMS_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "drums"
+import _common  # noqa: E402  (benchmarks/, this script's own folder)
 
 
 def _datasets(drums_root):
     from skaudio_confit.datasets import load_audio_folder, load_spoken_digits
 
     fsdd = load_spoken_digits(target="speaker")
-    take = fsdd.frame["take"].to_numpy()
-    keep = (take >= 5) & (take < 10)
-    yield "FSDD speakers, few-shot", [x for x, k in zip(fsdd.data, keep) if k], \
-        fsdd.target[keep], fsdd.sampling_rate
+    train, _ = _common.fsdd_fewshot_indices(fsdd)
+    yield "FSDD speakers, few-shot", [fsdd.data[i] for i in train], fsdd.target[train], \
+        fsdd.sampling_rate
     if drums_root.is_dir():
         drums = load_audio_folder(drums_root)
         yield "drum one-shots", drums.data, drums.target, drums.sampling_rate
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--backbone", default=None,
                         help="hub id or local directory (default: bundled Whisper tiny.en)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--drums-root", type=Path, default=DRUMS_ROOT)
+    parser.add_argument("--drums-root", type=Path, default=_common.DRUMS_ROOT)
     parser.add_argument("--output-dir", type=Path, default=_common.RESULTS_DIR)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     _common.set_threads(args.threads)
 
     from skaudio_confit import FineTuneClassifier, PairTuneTransformer
 
     result = {"benchmark": "epoch_time", "date": _common.now(),
-              "command": "python benchmarks/epoch_time.py"
-              + (f" --threads {args.threads}" if args.threads else ""),
+              "command": _common.command_line("epoch_time.py", argv),
               "machine": _common.machine(args.device), "code": _common.code_state(),
               "backbone": args.backbone or "bundled Whisper tiny.en encoder",
               "device": args.device, "epochs": args.epochs, "runs": []}
@@ -79,9 +79,7 @@ def main():
 
 def write_results(result, output_dir):
     """Write ``epoch_time.json`` and ``epoch_time.md`` from ``result``."""
-    import os
-
-    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["load_average_at_end"] = _common.load_average()
     rows = [[run["data"], str(run["clips"]), f"{run['audio_seconds'] / 60:.1f}",
              run["estimator"], " / ".join(f"{s:.0f}" for s in run["epoch_seconds"]),
              f"{1000 * np.median(run['epoch_seconds']) / run['audio_seconds']:.0f}",

@@ -58,32 +58,15 @@ def parse_args(argv=None):
                         help="default: the estimators' default")
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--output-dir", type=Path, default=_common.RESULTS_DIR)
-    parser.add_argument("--name", default="esc50", help="output file stem")
+    _common.add_output_arguments(parser, "esc50")
     return parser.parse_args(argv)
 
 
 def make_model(method, args, seed, rate):
-    from skaudio_confit import FineTuneClassifier, PairTuneTransformer
-
-    params = {"backbone": args.backbone, "sampling_rate": rate, "device": args.device,
-              "random_state": seed, "verbose": 0}
-    for name in ("epochs", "learning_rate", "batch_size"):
-        if getattr(args, name) is not None:
-            params[name] = getattr(args, name)
-    if method == "frozen":
-        params["epochs"] = 0
-    return (FineTuneClassifier if method == "finetune" else PairTuneTransformer)(**params)
-
-
-def linear_protocol(train_embeddings, y_train, test_embeddings):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    return probe.fit(train_embeddings, y_train).predict(test_embeddings)
+    """``method``'s estimator; epochs, learning rate and batch size where given."""
+    given = {name: getattr(args, name) for name in ("epochs", "learning_rate", "batch_size")
+             if getattr(args, name) is not None}
+    return _common.make_estimator(method, args, seed, rate, **given)
 
 
 def peak_gpu_memory_reset(device):
@@ -109,8 +92,8 @@ def run_fold(method, data, fold, args, seed):
     if method == "finetune":
         predicted = model.predict(X_test)
     else:
-        predicted = linear_protocol(model.transform(X_train), y_train,
-                                    model.transform(X_test))
+        predicted = _common.linear_probe().fit(model.transform(X_train), y_train).predict(
+            model.transform(X_test))
     record = {
         "method": method, "seed": seed, "fold": fold,
         "accuracy": float(np.mean(predicted == y_test)),
@@ -177,6 +160,9 @@ def main(argv=None):
     args = parse_args(argv)
     _common.set_threads(args.threads)
     start = time.perf_counter()
+    # Taken before the run: the machine record holds the load average at the start.
+    header = {"date": _common.now(), "command": _common.command_line("esc50.py", argv),
+              "machine": _common.machine(args.device), "code": _common.code_state()}
     data = load_esc50(args.root)
     records = []
     for seed in args.seeds:
@@ -187,10 +173,10 @@ def main(argv=None):
                 print(f"seed {seed} {METHODS[method]} fold {fold}: accuracy "
                       f"{record['accuracy']:.3f} ({record['seconds']:.0f} s)", flush=True)
     report = {
-        "date": _common.now(), "machine": _common.machine(args.device),
-        "code": _common.code_state(), "args": vars(args), "clips": len(data.data),
+        **header, "args": vars(args), "clips": len(data.data),
         "sampling_rate": data.sampling_rate, "records": records,
         "summary": summarise(records, args), "seconds": time.perf_counter() - start,
+        "load_average_at_end": _common.load_average(),
     }
     _common.write_json(args.output_dir / f"{args.name}.json", report)
     _common.write_text(args.output_dir / f"{args.name}.md", markdown(report))

@@ -101,14 +101,24 @@ def test_saved_files_have_one_mode(model_dir):
     assert len(modes) == 1 and modes.pop() & 0o600 == 0o600
 
 
+def saved_pipeline(model_dir):
+    from skaudio_confit.persistence import load_pipeline
+
+    return load_pipeline(model_dir)
+
+
 def test_predict_prints_one_line_per_file(model_dir, audio_folder, capsys):
     files = sorted(str(p) for p in audio_folder.rglob("*.wav"))[:4]
     assert main(["predict", str(model_dir), *files]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == files
-    for line in lines:
+    # Label and probability are those of the saved pipeline, to the printed 3 decimals.
+    pipeline = saved_pipeline(model_dir)
+    proba = pipeline.predict_proba(files)
+    for line, row in zip(lines, proba):
         _, label, probability = line.split("\t")
-        assert label in {"class0", "class1", "class2"} and 0 < float(probability) <= 1
+        assert label == pipeline.classes_[row.argmax()]
+        assert float(probability) == pytest.approx(row.max(), abs=5.1e-4)
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".csv"])
@@ -123,7 +133,10 @@ def test_embed_writes_npy_or_csv(model_dir, audio_folder, tmp_path, suffix):
         assert list(frame["file"]) == files
         assert list(frame.columns[1:]) == [f"embedding_{i:02d}" for i in range(32)]
         emb = frame.drop(columns="file").to_numpy()
-    assert emb.shape == (3, 32) and np.isfinite(emb).all()
+    # The saved encoder's transform of the same files (CSV holds float32 as text).
+    expected = saved_pipeline(model_dir)[0].transform(files)
+    assert emb.shape == expected.shape == (3, 32)
+    np.testing.assert_allclose(emb, expected, rtol=1e-6, atol=1e-7)
 
 
 def test_predict_takes_a_folder_and_a_csv(model_dir, audio_folder, tmp_path, capsys):
@@ -212,7 +225,7 @@ def test_embed_overwrite_replaces_the_file(model_dir, audio_folder, tmp_path):
     out = tmp_path / "e.npy"
     out.write_bytes(b"old")
     assert main(["embed", str(model_dir), wav, "--out", str(out), "--overwrite"]) == 0
-    assert np.load(out).shape == (1, 32)
+    np.testing.assert_array_equal(np.load(out), saved_pipeline(model_dir)[0].transform([wav]))
 
 
 def test_a_corrupt_checkpoint_gives_a_one_line_error(model_dir, audio_folder, tmp_path,
@@ -282,9 +295,15 @@ def test_evaluate_with_n_folds_on_an_audio_folder(audio_folder, tiny_whisper_enc
     assert "2-fold stratified" in out
     for model in ("PairTune + LogisticRegression", "FineTune"):
         line = next(line for line in out.splitlines() if line.startswith(f"{model}: "))
-        per_fold = line.split("accuracy per fold ")[1].split(";")[0].split()
-        assert len(per_fold) == 2 and all(0 <= float(s) <= 1 for s in per_fold)
+        per_fold = np.array(line.split("accuracy per fold ")[1].split(";")[0].split(),
+                            dtype=float)
+        # Accuracies of 9 test clips each (18 clips, 2 folds), printed to 3 decimals.
+        assert len(per_fold) == 2
+        np.testing.assert_allclose(per_fold * 9, np.round(per_fold * 9), atol=9 * 5.1e-4)
         assert "balanced accuracy per fold" in line
+        # The summary row's mean is the mean of the folds.
+        summary = next(row for row in out.splitlines()[::-1] if row.startswith(model))
+        assert float(summary.split()[-5]) == pytest.approx(per_fold.mean(), abs=1.1e-3)
     assert "balanced accuracy" in out.splitlines()[-3]
 
 
