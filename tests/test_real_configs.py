@@ -276,3 +276,47 @@ def test_models_saved_before_spec_augment_existed_load_with_its_default():
     assert "spec_augment" not in manifest["params"]
     model = PairTuneTransformer.load(format1)
     assert model.get_params()["spec_augment"] == "auto"
+
+
+# --------------------------------------------------------------------------------------
+# LayerDrop and the pooled layer
+# --------------------------------------------------------------------------------------
+
+
+@families
+def test_layerdrop_in_training_pools_the_asked_layer(family, tmp_path):
+    """transformers records hidden states by hooks on the layers, so a layer LayerDrop
+    skips leaves no entry; the pooled layer must still be the asked one: with no other
+    randomness, the middle layer in training is either layer 0 (layer 1 dropped) or
+    layer 1, never another layer's output or an IndexError."""
+    import transformers
+
+    from conftest import realistic_config
+
+    prefix, _ = REALISTIC_CONFIGS[family]
+    config = realistic_config(family)
+    config.update({"layerdrop": 0.5, "hidden_dropout": 0.0, "attention_dropout": 0.0,
+                   "activation_dropout": 0.0, "feat_proj_dropout": 0.0,
+                   "apply_spec_augment": False})
+    torch.manual_seed(0)
+    getattr(transformers, f"{prefix}Model")(config).save_pretrained(tmp_path)
+    backbone = load_backbone(str(tmp_path))
+    batch = backbone.featurize([np.random.default_rng(0).standard_normal(1600)
+                                .astype(np.float32)])
+    backbone.eval()
+    with torch.no_grad():
+        by_layer = [backbone(batch, layer=k)[0] for k in range(backbone.num_layers + 1)]
+    backbone.train()
+    seen = set()
+    with torch.no_grad():
+        for seed in range(16):
+            torch.manual_seed(seed)
+            hidden = backbone(batch, layer=1)[0]
+            matches = [k for k in (0, 1) if torch.allclose(hidden, by_layer[k], atol=1e-5)]
+            assert len(matches) == 1, f"seed {seed}: the pooled state is no layer's output"
+            seen.add(matches[0])
+            torch.manual_seed(seed)
+            backbone(batch, layer=backbone.num_layers)  # the last layer runs too
+    # WavLM never drops its first layer (it holds the relative position bias).
+    assert seen == ({1} if family == "wavlm_base" else {0, 1})
+    assert backbone.config.layerdrop == 0.5 and len(backbone.model.encoder.layers) == 2
