@@ -40,6 +40,11 @@ _ROUTED_PREFIXES = tuple(f"{part}__" for part in ("module", "criterion", "optimi
                                                   *NeuralNetClassifier.prefixes_))
 
 
+# Parameters a warm start passes on to the fitted net (see _synced_net).
+_TRAINING_SETTINGS = ("lr", "max_epochs", "batch_size", "verbose")
+_TRAINING_PREFIXES = ("optimizer__", "iterator_train__", "iterator_valid__")
+
+
 class LinearHead(torch.nn.Module):
     """One fully connected layer mapping an embedding to class logits.
 
@@ -363,13 +368,29 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
             vars(self).clear()
             vars(self).update(before)
             raise
-        net = self._build_net(X.shape[1], len(labels), device) if reset else self.net_
+        net = self._build_net(X.shape[1], len(labels), device) if reset else self._synced_net()
         with self._seeded(device):
             if reset:
                 net.initialize()
             net.partial_fit(X, codes, **fit_params)
         self.net_, self.classes_, self.device_ = net, labels, device
         return self
+
+    def _synced_net(self):
+        """The fitted net, given the training settings set since it was built.
+
+        Warm-start ``fit`` and ``partial_fit`` go on with ``net_``, which holds its own
+        copies of the parameters; skorch's ``set_params`` updates those (``lr`` in the
+        optimizer too, keeping its moments). What shapes the net (module, criterion,
+        optimizer class, device, classes) stays as fitted.
+        """
+        net = self.net_
+        changed = {k: v for k, v in self.get_params(deep=False).items()
+                   if (k in _TRAINING_SETTINGS or k.startswith(_TRAINING_PREFIXES))
+                   and getattr(net, k, None) is not v}
+        if changed:
+            net.set_params(**changed)
+        return net
 
     def fit(self, X, y, **fit_params):
         """Train the head from scratch (or on, with ``warm_start=True``).

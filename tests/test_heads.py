@@ -469,3 +469,20 @@ def test_passes_sklearn_check_estimator():
     )
     failed = {r["check_name"]: r["exception"] for r in results if r["status"] == "failed"}
     assert not failed
+
+
+def test_warm_start_fit_and_partial_fit_use_parameters_set_after_fit():
+    """set_params on a fitted head reaches the net a warm start goes on with: more
+    epochs are run, the new learning rate is in the optimizer, and the optimizer's
+    moments are kept (it is not rebuilt)."""
+    X, y = make_blobs(n_samples=60, n_features=8, centers=3, random_state=0)
+    head = LinearHeadClassifier(max_epochs=2, warm_start=True, random_state=0).fit(X, y)
+    moments = {k: v["exp_avg"].clone() for k, v in head.net_.optimizer_.state.items()}
+    head.set_params(max_epochs=3, lr=0.5)
+    head.fit(X, y)
+    assert len(head.history_) == 5
+    assert head.net_.optimizer_.param_groups[0]["lr"] == 0.5
+    assert set(head.net_.optimizer_.state) == set(moments)
+    head.set_params(max_epochs=1)
+    head.partial_fit(X, y)
+    assert len(head.history_) == 6
