@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -51,7 +50,6 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import _common  # benchmarks/, this script's own folder
 
-TRAIN_TAKES = range(5, 10)
 # model key -> (estimator, extra parameters, label)
 MODELS = {
     "pairtune": ("PairTune", {}, "PairTune"),
@@ -73,27 +71,11 @@ PRIMARY = ("pairtune_nc", "pairtune_lr", "finetune_head", "finetune_head1e-3_hea
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--learning-rate", type=float, default=5e-5)
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
-    parser.add_argument("--backbone", default=None,
-                        help="hub id or local directory (default: bundled Whisper tiny.en)")
+    _common.add_model_arguments(parser, seeds=(0, 1), epochs=10, learning_rate=5e-5)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--task", default="fsdd-speaker",
-                        choices=("fsdd-speaker", "gm128-fewshot"),
-                        help="fsdd-speaker (6 classes, default) or gm128-fewshot (128 GM "
-                             "programs, 4 clips each, Core-3; one held-out soundfont)")
-    parser.add_argument("--gm-fold", default="timgm6mb",
-                        help="held-out soundfont of gm128-fewshot (default: timgm6mb)")
-    parser.add_argument("--params", type=_key_value, nargs="+", default=[],
-                        metavar="KEY=VALUE",
-                        help="extra parameters of every model and of the frozen encoder "
-                             "(e.g. layer=2)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's own choice)")
-    parser.add_argument("--output-dir", type=Path, default=_common.RESULTS_DIR)
-    parser.add_argument("--name", default="convergence", help="output file stem")
+    _common.add_task_arguments(parser, "extra parameters of every model and of the frozen "
+                                       "encoder (e.g. layer=2)")
+    _common.add_output_arguments(parser, "convergence")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite the .md and .png from the existing .json")
     parser.add_argument("--findings", type=Path, default=None,
@@ -101,27 +83,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def _key_value(text):
-    from accuracy import key_value
-
-    return key_value(text)
-
-
 def load_data(args=None):
     if args is not None and args.task != "fsdd-speaker":
-        import accuracy
-
-        task_args = accuracy.parse_args(["--gm-folds", args.gm_fold])
-        task = accuracy.load_task(args.task, task_args)
-        (_, train, test), = task["splits"]
-        X, y = task["X"], task["y"]
-        return ([X[i] for i in train], y[train], [X[i] for i in test], y[test],
-                task["rate"])
+        return _common.load_train_test(args.task, args.gm_fold)
     from skaudio_confit.datasets import load_spoken_digits
 
     bunch = load_spoken_digits(target="speaker")
     take = bunch.frame["take"].to_numpy()
-    train = np.isin(take, list(TRAIN_TAKES))
+    train = np.isin(take, list(_common.TRAIN_TAKES))
     test = bunch.split == "test"
     pick = lambda mask: [x for x, keep in zip(bunch.data, mask) if keep]
     return (pick(train), bunch.target[train], pick(test), bunch.target[test],
@@ -130,14 +99,9 @@ def load_data(args=None):
 
 def lr_probe_callback():
     """The per-epoch LR probe, epoch 0 (the pretrained encoder) included."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     from skaudio_confit.callbacks import EpochScoring
 
-    return EpochScoring(make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
-                        name="lr_probe", score_pretrained=True)
+    return EpochScoring(_common.linear_probe(), name="lr_probe", score_pretrained=True)
 
 
 # curve field -> key of the estimators' epoch records
@@ -248,15 +212,6 @@ def plot(report, path):
     fig.savefig(path, dpi=110)
 
 
-def code_line(code):
-    if not code:
-        return "Code: not recorded"
-    text = f"Code: git commit {code.get('commit') or 'unknown'}"
-    if code.get("package_uncommitted_changes"):
-        text += " plus uncommitted changes to the package"
-    return text + f"; package sources sha256 {code['package_sha256'][:12]}"
-
-
 def markdown(report):
     m, d = report["machine"], report
     gpu = f" ({m['gpu']})" if "gpu" in m else ""
@@ -268,7 +223,7 @@ def markdown(report):
          f"at start, {d.get('load_average_at_end')} at end — shared CPU); "
          f"torch {m['torch']} on {d['device']}{gpu}"),
         f"Command: `{d['command']}`",
-        code_line(d.get("code")),
+        _common.code_line(d.get("code")),
         (("Data: FSDD speaker identification (6 speakers); train takes 5-9 (300 clips), "
           "held out: official test split, takes 0-4 (300 clips)"
           if d.get("task", "fsdd-speaker") == "fsdd-speaker" else
@@ -376,8 +331,7 @@ def run(args, argv):
         "question": "Does PairTune reach its plateau in about a third of the epochs FineTune "
                     "needs?",
         "date": _common.now(),
-        "command": " ".join(["python", "benchmarks/convergence.py",
-                             *(sys.argv[1:] if argv is None else argv)]),
+        "command": _common.command_line("convergence.py", argv),
         "machine": _common.machine(args.device),
         "code": code,
         "device": args.device,
@@ -423,7 +377,7 @@ def run(args, argv):
         for k, v in runs.items()
     }
     report["total_seconds"] = time.perf_counter() - started
-    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["load_average_at_end"] = _common.load_average()
     return report
 
 
