@@ -393,10 +393,7 @@ def main(argv=None):
         report["findings"] = args.findings.read_text(encoding="utf-8")
     report["figure"] = f"{args.name}.png"
     report["claim"] = claim_text(report)
-    _common.write_json(json_path, report)
-    plot(report, args.output_dir / report["figure"])
-    _common.write_text(args.output_dir / f"{args.name}.md", markdown(report))
-    print(f"wrote {args.output_dir}/{args.name}.{{md,json,png}}")
+    _common.write_report(report, args.output_dir, args.name, plot, markdown)
     return 0
 
 
