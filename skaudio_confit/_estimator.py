@@ -11,6 +11,7 @@ import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ._augmentation import make_augmentation
 from ._audio import as_clip_list, check_targets, load_waveforms, max_samples
 from ._device import resolve_device
 from ._objectives import encode_labels
@@ -217,6 +218,7 @@ class AudioEncoderMixin:
                 device=device, gradient_checkpointing=self.gradient_checkpointing,
                 seed=seed, rng=rng, callbacks=callbacks, verbose=self.verbose,
                 desc=self._fit_label(desc, len(train_waves)),
+                augment=make_augmentation(getattr(self, "augmentation", None), backbone),
             )
             if monitor is not None:
                 monitor.restore_best()
