@@ -134,7 +134,8 @@ def test_hybrid_loss_is_supcon_plus_weighted_smoothed_cross_entropy():
     assert [len(g["params"]) for g in groups] == [2, 2] and all(g["lr"] == 0.3 for g in groups)
 
 
-@pytest.mark.parametrize("variant", [dict(memory_size=12), dict(ce_weight=1.0, label_smoothing=0.1)])
+@pytest.mark.parametrize("variant", [dict(memory_size=12),
+                                     dict(ce_weight=1.0, label_smoothing=0.1)])
 def test_objective_variants_fit_reproducibly_and_keep_no_head(tiny_whisper_encoder_dir, data,
                                                               variant):
     X, y = data
