@@ -295,10 +295,16 @@ class AudioEncoderMixin:
                 max_samples=max_samples(self.max_duration, state.backbone.sampling_rate),
                 device=device, gradient_checkpointing=self.gradient_checkpointing,
                 seed=seed, rng=rng, on_epoch_end=epoch_end, verbose=self.verbose, desc=desc,
+                augment=self._training_augmentation(state.backbone),
             )
         for callback in callbacks:
             call(callback, "on_train_end")
         return state.history
+
+    def _training_augmentation(self, backbone):
+        """Random perturbation of the training clips and batches, or None (no
+        augmentation; :class:`~skaudio_confit.PairTuneTransformer` has ``augmentation``)."""
+        return None
 
     def _shared_validation_score(self, state):
         """``_validation_score``; under torch.distributed rank 0's, broadcast to all.

@@ -95,6 +95,7 @@ def train_encoder(
     on_epoch_end=None,
     verbose=1,
     desc="fit",
+    augment=None,
 ):
     """Fine-tune ``backbone`` end to end under ``objective``; return the history.
 
@@ -129,6 +130,8 @@ def train_encoder(
     on_epoch_end : callable or None
         ``on_epoch_end(record) -> bool``, called after each epoch with its record
         (which it may extend); True stops training.
+    augment : TrainingAugmentation or None
+        Random perturbation of each training clip and batch (``_augmentation``).
 
     Returns
     -------
@@ -155,13 +158,14 @@ def train_encoder(
             lr_schedule=lr_schedule, max_steps=max_steps, layer=layer,
             max_samples=max_samples, device=device,
             gradient_checkpointing=gradient_checkpointing, seed=seed, rng=rng,
-            on_epoch_end=on_epoch_end, verbose=verbose, desc=desc,
+            on_epoch_end=on_epoch_end, verbose=verbose, desc=desc, augment=augment,
         )
 
 
 def _train_encoder(backbone, objective, waves, codes, *, batch_plan, epochs, learning_rate,
                    weight_decay, lr_schedule, max_steps, layer, max_samples, device,
-                   gradient_checkpointing, seed, rng, on_epoch_end, verbose, desc):
+                   gradient_checkpointing, seed, rng, on_epoch_end, verbose, desc,
+                   augment=None):
     from tqdm.auto import tqdm
 
     device = device or torch.device("cpu")
@@ -219,7 +223,7 @@ def _train_encoder(backbone, objective, waves, codes, *, batch_plan, epochs, lea
                 record = _run_epoch(
                     model, backbone, optimizer, waves, codes, batches, rng,
                     max_samples=max_samples, device=device, rank=rank, world=world,
-                    scheduler=scheduler,
+                    scheduler=scheduler, augment=augment,
                     progress=tqdm(total=n_steps, desc=f"{desc} epoch {epoch}/{epochs}",
                                   disable=not show, leave=False, unit="batch"),
                 )
@@ -272,7 +276,7 @@ def _lr_scheduler(optimizer, lr_schedule, total_steps):
 
 
 def _run_epoch(model, backbone, optimizer, waves, codes, batches, rng, *, max_samples,
-               device, progress, rank=0, world=1, scheduler=None):
+               device, progress, rank=0, world=1, scheduler=None, augment=None):
     model.train()
     start = time.perf_counter()
     total_loss, n_seen = 0.0, 0
@@ -283,14 +287,18 @@ def _run_epoch(model, backbone, optimizer, waves, codes, batches, rng, *, max_sa
         # Every rank draws the crops of every batch, in plan order, so that the numpy
         # stream (and with it the next epoch's plan) stays the same on all ranks and
         # equals that of one process; each rank then runs its own share.
-        crops = [[_training_clip(waves[i], backbone, max_samples, rng) for i in idx]
+        crops = [[_training_clip(waves[i], backbone, max_samples, rng, augment) for i in idx]
                  for idx in batches]
         steps = ((batches[j], crops[j]) for j in rank_steps(len(batches), rank, world))
     with progress:
         for idx, clips in steps:
             if clips is None:
-                clips = [_training_clip(waves[i], backbone, max_samples, rng) for i in idx]
-            batch = batch_to(backbone.featurize(clips), device)
+                clips = [_training_clip(waves[i], backbone, max_samples, rng, augment)
+                         for i in idx]
+            batch = backbone.featurize(clips)
+            if augment is not None:  # per-rank masks, from the rank's own stream
+                batch = augment.features(batch, backbone.mask_rng)
+            batch = batch_to(batch, device)
             targets = torch.as_tensor(codes[idx], device=device)
             loss, stats = model(batch, targets)
             finite = bool(torch.isfinite(loss))
@@ -323,8 +331,11 @@ def _run_epoch(model, backbone, optimizer, waves, codes, batches, rng, *, max_sa
     return record
 
 
-def _training_clip(wave, backbone, max_samples, rng):
-    """A fresh random crop of ``wave``, padded to the backbone's receptive field."""
+def _training_clip(wave, backbone, max_samples, rng, augment=None):
+    """A fresh random crop of ``wave`` (perturbed by ``augment`` if given), padded to
+    the backbone's receptive field."""
     if max_samples is not None:
         wave = random_crop(wave, max_samples, rng)
+    if augment is not None:
+        wave = augment.waveform(wave, rng)
     return pad_to_length(wave, backbone.min_samples)

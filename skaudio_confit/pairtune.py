@@ -16,8 +16,11 @@ from ._estimator import (
     AudioEncoderMixin,
     nearest_centroid_accuracy,
 )
+from ._augmentation import AUGMENTATION_OPTIONS, make_augmentation
 from ._objectives import MINING_OPTIONS, SupConObjective
+from ._partial_freeze import freeze_lower_layers
 from ._sampling import class_balanced_batches
+from ._supcon_variants import SupConVariantObjective
 from .persistence import EncoderPersistenceMixin
 
 
@@ -101,6 +104,27 @@ class PairTuneTransformer(
         fine-tuned), True applies the config's masks even where it switches them
         off, False never masks. Masks come from ``random_state``. The Whisper
         encoder has none ("auto" and False do nothing, True is an error).
+    augmentation : {"waveform", "log-mel", "both"} or None, default=None
+        Random views of the training clips, new at every epoch (never in
+        ``transform``): "waveform" perturbs each clip (gain ±6 dB, time shift
+        ±0.1 s, white noise at 20-40 dB SNR); "log-mel" masks two frequency bands
+        and two time spans of the log-mel input (Whisper only; the wav2vec2 family
+        has ``spec_augment``); "both" does the two. None: the clips as they are
+        (the paper).
+    memory_size : int or None, default=None
+        Keep the projections of the last ``memory_size`` training clips (a
+        cross-batch memory) and compare each anchor with them too, for more
+        positives and negatives per step than one batch holds. None: in-batch pairs
+        only (the paper).
+    ce_weight : float, default=0.0
+        Add this weight times the cross-entropy of a linear head on the pooled
+        embeddings (trained with the encoder, dropped after fit) to the SupCon loss.
+        0: SupCon alone (the paper).
+    label_smoothing : float, default=0.0
+        Label smoothing of that cross-entropy term (only with ``ce_weight > 0``).
+    freeze_layers : int, default=0
+        Keep the front end and the lowest ``freeze_layers`` transformer layers as
+        pretrained (partial fine-tuning). 0: tune the whole encoder (the paper).
     validation_fraction : float or None, default=None
         Fraction of the training clips held out (stratified) to score each epoch, as
         with ``fit(..., validation_data=...)``. None: no validation.
@@ -167,6 +191,11 @@ class PairTuneTransformer(
         "projection_dim": [Interval(Integral, 1, None, closed="left")],
         "mining": [StrOptions(set(MINING_OPTIONS))],
         "mining_margin": [Interval(Real, 0, None, closed="left")],
+        "augmentation": [StrOptions(set(AUGMENTATION_OPTIONS)), None],
+        "memory_size": [Interval(Integral, 1, None, closed="left"), None],
+        "ce_weight": [Interval(Real, 0, None, closed="left")],
+        "label_smoothing": [Interval(Real, 0, 1, closed="left")],
+        "freeze_layers": [Interval(Integral, 0, None, closed="left")],
     }
 
     def __init__(
@@ -191,6 +220,11 @@ class PairTuneTransformer(
         freeze_feature_encoder=False,
         gradient_checkpointing=False,
         spec_augment="auto",
+        augmentation=None,
+        memory_size=None,
+        ce_weight=0.0,
+        label_smoothing=0.0,
+        freeze_layers=0,
         validation_fraction=None,
         n_iter_no_change=None,
         keep_best=False,
@@ -218,6 +252,11 @@ class PairTuneTransformer(
         self.freeze_feature_encoder = freeze_feature_encoder
         self.gradient_checkpointing = gradient_checkpointing
         self.spec_augment = spec_augment
+        self.augmentation = augmentation
+        self.memory_size = memory_size
+        self.ce_weight = ce_weight
+        self.label_smoothing = label_smoothing
+        self.freeze_layers = freeze_layers
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.keep_best = keep_best
@@ -263,11 +302,27 @@ class PairTuneTransformer(
         return self
 
     def _make_objective(self, backbone, n_classes):
-        """The SupCon objective with its projection head (dropped after fit)."""
-        return SupConObjective(
-            backbone.hidden_size, self.projection_dim, self.temperature, self.mining,
-            self.mining_margin, head_learning_rate=self.head_learning_rate,
+        """The SupCon objective with its projection head (dropped after fit); with
+        ``memory_size`` or ``ce_weight``, the variant that adds a cross-batch memory or
+        a cross-entropy term."""
+        args = (backbone.hidden_size, self.projection_dim, self.temperature, self.mining,
+                self.mining_margin)
+        if self.memory_size is None and self.ce_weight == 0:
+            return SupConObjective(*args, head_learning_rate=self.head_learning_rate)
+        return SupConVariantObjective(
+            *args, head_learning_rate=self.head_learning_rate, n_classes=n_classes,
+            memory_size=self.memory_size, ce_weight=self.ce_weight,
+            label_smoothing=self.label_smoothing,
         )
+
+    def _pretrained_backbone(self):
+        backbone = super()._pretrained_backbone()
+        freeze_lower_layers(backbone, self.freeze_layers)
+        return backbone
+
+    def _training_augmentation(self, backbone):
+        """The ``augmentation`` of training clips and batches (None when off)."""
+        return make_augmentation(self.augmentation, backbone)
 
     def _batch_plan(self, codes):
         """Class-balanced batches: ``samples_per_class`` clips of each class drawn."""
