@@ -97,55 +97,61 @@ class Wav2Vec2FamilyBackbone(AudioBackbone):
         if padded and self.conv_per_clip:
             conv = _replaced(self.model, "feature_extractor",
                              _GivenFeatures(self._conv_per_clip(values, lengths)))
-        want_all = index != self.num_layers
-        with conv, self._seeded_masking(frame_lengths), self._layers_up_to(index) as recorded, \
+        with conv, self._seeded_masking(frame_lengths), self._recorded_states() as state, \
                 warnings.catch_warnings():
             # WavLM passes a bool padding mask with its float position bias to torch's
             # attention, which warns (once per process) that mixing them is deprecated.
             warnings.filterwarnings("ignore", "Support for mismatched key_padding_mask",
                                     UserWarning)
-            out = self.model(values, attention_mask=attention_mask,
-                             output_hidden_states=want_all, return_dict=True)
-        hidden = out.hidden_states[recorded] if want_all else out.last_hidden_state
+            out = self.model(values, attention_mask=attention_mask, return_dict=True)
+            # The last layer's state is the encoder's output (after the final layer norm
+            # of stable-layer-norm models).
+            hidden = out.last_hidden_state if index == self.num_layers else state(index)
         frame_mask = (
             torch.arange(hidden.shape[1], device=hidden.device)[None, :] < frame_lengths[:, None]
         )
         return hidden, frame_mask
 
     @contextlib.contextmanager
-    def _layers_up_to(self, index):
-        """Run only the transformer layers that feed hidden state ``index`` (below the
-        last), with LayerDrop decided here; yields the index of that state among the
-        recorded ``hidden_states`` (``index`` itself for the last layer).
+    def _recorded_states(self):
+        """Record the state between transformer layers; yields ``state(k)``, the hidden
+        state after the first ``k`` layers.
 
-        transformers records ``hidden_states`` by hooks on the layers, so a layer that
-        LayerDrop skips leaves no entry and every later index shifts (or runs past the
-        end). Deciding the drops here keeps the index right, and layers above the
-        pooled one are not computed at all. The draws are one ``torch.rand`` per layer,
-        and WavLM never drops its first layer (it computes the relative position bias),
-        both as in transformers. The last layer needs none of this: its state is
-        ``last_hidden_state``, which transformers' own LayerDrop gets right.
+        transformers 5 fills ``hidden_states`` by hooks on the layers, so a layer that
+        LayerDrop skips in training leaves no entry and every later index shifts (or
+        runs past the end). These hooks know which layer ran: a skipped layer passes
+        the state on unchanged.
         """
-        if index == self.num_layers:
-            yield index
-            return
+        inputs, outputs = {}, {}
+
+        def before(module, args):
+            inputs.setdefault("first", args[0])
+
+        def after(i):
+            def hook(module, args, output):
+                outputs[i] = output[0] if isinstance(output, tuple) else output
+            return hook
+
         encoder = self.model.encoder
-        layers = encoder.layers
-        config = self.model.config
-        layerdrop = float(getattr(config, "layerdrop", 0.0) or 0.0)
-        keep_first = config.model_type == "wavlm"
-        kept = [layer for i, layer in enumerate(list(layers)[:index])
-                if not (self.training and layerdrop > 0 and not (keep_first and i == 0)
-                        and torch.rand([]) < layerdrop)]
-        # hidden_states[0], the input of the first layer, is recorded by that layer's
-        # hook, so one layer always runs (its output is then not used).
-        encoder.layers = nn.ModuleList(kept or list(layers)[:1])
-        config.layerdrop = 0.0
+        handles = []
+        # The encoder's dropout is its last step before the first layer in every family,
+        # so its output is the state before any layer even when LayerDrop skips them all.
+        if isinstance(getattr(encoder, "dropout", None), nn.Module):
+            handles.append(encoder.dropout.register_forward_hook(
+                lambda module, args, output: inputs.setdefault("first", output)))
+        for i, layer in enumerate(encoder.layers):
+            handles.append(layer.register_forward_pre_hook(before))
+            handles.append(layer.register_forward_hook(after(i)))
+
+        def state(k):
+            ran = [i for i in outputs if i < k]
+            return outputs[max(ran)] if ran else inputs["first"]
+
         try:
-            yield len(kept)
+            yield state
         finally:
-            encoder.layers = layers
-            config.layerdrop = layerdrop
+            for handle in handles:
+                handle.remove()
 
     def _conv_per_clip(self, values, lengths):
         """Conv features (batch, channels, frames) of each clip alone, zero-padded."""
