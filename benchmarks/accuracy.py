@@ -409,7 +409,8 @@ def frozen_cache_path(task, args):
     params = sorted((k, v) for k, v in params.items() if k not in ("random_state", "verbose"))
     digest = hashlib.sha256(repr((params, task["rate"], used.tolist())).encode())
     package = ROOT / "skaudio_confit"
-    for path in sorted([package / "_pooling.py", package / "_audio.py",
+    for path in sorted([package / "_pooling.py", package / "_input.py", package / "_io.py",
+                        package / "_resampling.py", package / "_windows.py",
                         *(package / "backbones").glob("*.py")]):
         digest.update(path.read_bytes())
     for i in used:

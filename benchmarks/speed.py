@@ -75,7 +75,7 @@ def inference(args):
     from transformers import WhisperFeatureExtractor
 
     from skaudio_confit import PairTuneTransformer
-    from skaudio_confit._audio import load_waveforms
+    from skaudio_confit._input import load_waveforms
     from skaudio_confit._pooling import length_batches, masked_mean, prepare_clip
     from skaudio_confit.backbones._base import batch_to
 
@@ -155,7 +155,8 @@ def inference(args):
 def training(args):
     import torch
 
-    from skaudio_confit._audio import load_waveforms, pad_to_length
+    from skaudio_confit._input import load_waveforms
+    from skaudio_confit._windows import pad_to_length
     from skaudio_confit._objectives import SupConObjective, encode_labels
     from skaudio_confit._pooling import masked_mean
     from skaudio_confit._sampling import class_balanced_batches
@@ -319,7 +320,7 @@ def group_norm_inference(args):
     import torch
     from transformers import Wav2Vec2Config
 
-    from skaudio_confit._audio import load_waveforms
+    from skaudio_confit._input import load_waveforms
     from skaudio_confit._pooling import embed_waveforms
     from skaudio_confit.backbones import build_backbone
 

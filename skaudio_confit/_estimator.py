@@ -11,7 +11,9 @@ import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._audio import as_clip_list, check_targets, load_waveforms, max_samples
+from ._audio import check_targets
+from ._input import as_clip_list, load_waveforms
+from ._windows import max_samples
 from ._device import resolve_device
 from ._objectives import encode_labels
 from ._pooling import embed_waveforms

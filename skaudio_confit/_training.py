@@ -25,7 +25,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from ._audio import pad_to_length, random_crop
+from ._windows import pad_to_length, random_crop
 from ._device import autocast
 from ._pooling import masked_mean
 from ._threads import budget_threads
