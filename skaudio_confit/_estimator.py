@@ -17,7 +17,8 @@ from ._windows import max_samples
 from ._device import resolve_device
 from ._objectives import encode_labels
 from ._pooling import embed_waveforms
-from ._threads import budget_threads
+from ._inference import embed_stream
+from ._threads import thread_policy
 from ._training import ValidationMonitor, seeds_from, train_encoder
 from .backbones import load_backbone
 
@@ -40,6 +41,7 @@ ENCODER_PARAMETER_CONSTRAINTS = {
     "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
     "keep_best": ["boolean"],
     "device": [str],
+    "n_threads": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"}), None],
     "random_state": ["random_state"],
     "verbose": ["verbose"],
 }
@@ -122,8 +124,10 @@ class AudioEncoderMixin:
     def _embed(self, X):
         """Pooled embeddings of ``X`` from the fitted encoder, with a progress bar.
 
-        The input is read, resampled and embedded in chunks of ``_STREAM_CLIPS``
-        clips, so memory stays flat however many clips (or files) ``X`` holds.
+        The input is read, resampled and featurized in chunks of ``_STREAM_CLIPS``
+        clips by a background thread while this one runs the encoder
+        (:mod:`._inference`), so memory stays flat however many clips (or files) ``X``
+        holds; torch's threads follow ``n_threads`` (:mod:`._threads`).
         """
         from tqdm.auto import tqdm
 
@@ -136,16 +140,20 @@ class AudioEncoderMixin:
         if len(clips) == 0:
             raise ValueError("X is empty: at least one clip is required.")
         device = resolve_device(self.device)
-        rate = self.backbone_.sampling_rate
-        chunks = []
+        backbone = self.backbone_.to(device)
+
+        def load_chunk(chunk, first_index):
+            return load_waveforms(chunk, sampling_rate=self.sampling_rate,
+                                  target_rate=backbone.sampling_rate, first_index=first_index)
+
         with tqdm(total=len(clips), desc="embed", unit="clip", disable=not self.verbose,
-                  leave=False) as bar:
-            for start in range(0, len(clips), _STREAM_CLIPS):
-                waves = load_waveforms(clips[start:start + _STREAM_CLIPS],
-                                       sampling_rate=self.sampling_rate, target_rate=rate,
-                                       first_index=start)
-                chunks.append(self._embed_waves(self.backbone_, waves, device, bar))
-        return np.concatenate(chunks)
+                  leave=False) as bar, thread_policy(self.n_threads) as threads:
+            return embed_stream(
+                backbone, clips, load_chunk=load_chunk, chunk_size=_STREAM_CLIPS,
+                layer=self._layer_of(backbone), batch_size=self.batch_size,
+                max_samples=self._window_samples(backbone), device=device,
+                threads=threads, progress=bar,
+            )
 
     def _fit_encoder(self, X, y, *, validation_data, make_objective, batch_plan, score_fn,
                      min_classes, desc):
@@ -218,6 +226,7 @@ class AudioEncoderMixin:
                 max_samples=max_samples(self.max_duration, backbone.sampling_rate),
                 device=device, gradient_checkpointing=self.gradient_checkpointing,
                 seed=seed, rng=rng, callbacks=callbacks, verbose=self.verbose,
+                n_threads=self.n_threads,
                 desc=self._fit_label(desc, len(train_waves)),
             )
             if monitor is not None:
@@ -252,8 +261,8 @@ class AudioEncoderMixin:
 
     def _embed_waves(self, backbone, waves, device, progress=None):
         backbone.to(device)
-        # Torch threads follow the Dask/loky worker's budget (unchanged elsewhere).
-        with budget_threads():
+        # Torch threads follow n_threads and the Dask/loky worker's budget.
+        with thread_policy(self.n_threads):
             return embed_waveforms(
                 backbone, waves, layer=self._layer_of(backbone), batch_size=self.batch_size,
                 max_samples=self._window_samples(backbone), device=device, progress=progress,

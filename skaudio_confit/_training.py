@@ -27,8 +27,9 @@ import torch
 
 from ._windows import pad_to_length, random_crop
 from ._device import autocast
+from ._front_cache import front_end_cache
 from ._pooling import masked_mean
-from ._threads import budget_threads
+from ._threads import thread_policy
 from .backbones._base import batch_to
 
 
@@ -100,6 +101,8 @@ def train_encoder(
     callbacks=(),
     verbose=1,
     desc="fit",
+    n_threads=None,
+    cache_front_end=True,
 ):
     """Fine-tune ``backbone`` end to end under ``objective``; return the history.
 
@@ -133,6 +136,10 @@ def train_encoder(
         Draws the batches and crops.
     callbacks : sequence
         Objects with ``on_epoch_end(record) -> bool``; True stops training.
+    n_threads : int, "auto" or None
+        torch intra-op threads (see Notes); restored at the end.
+    cache_front_end : bool
+        Compute a frozen front end once per uncropped clip (``_front_cache``).
 
     Returns
     -------
@@ -143,8 +150,9 @@ def train_encoder(
 
     Notes
     -----
-    Torch runs on :func:`~skaudio_confit._threads.thread_budget` threads (a Dask or
-    loky worker's allotment; unchanged elsewhere). When ``torch.distributed`` is
+    Torch runs on ``n_threads`` threads (:class:`~skaudio_confit._threads.ThreadPolicy`:
+    "auto" follows the idle cores; None leaves torch's setting), capped by a Dask or
+    loky worker's allotment. When ``torch.distributed`` is
     initialised with ``world_size > 1``, every rank must call this with the same
     clips and settings: the rank with index ``r`` runs batches ``r, r + world_size,
     ...`` of each epoch's plan (the plan is padded by wrapping around so that every
@@ -152,20 +160,22 @@ def train_encoder(
     gradients, the epoch's record sums loss and statistics over all ranks, and only
     rank 0 shows progress. Every rank ends with the same weights.
     """
-    with budget_threads():
+    with thread_policy(n_threads) as threads:
         return _train_encoder(
             backbone, objective, waves, codes, batch_plan=batch_plan, epochs=epochs,
             learning_rate=learning_rate, weight_decay=weight_decay,
             lr_schedule=lr_schedule, max_steps=max_steps, layer=layer,
             max_samples=max_samples, device=device,
             gradient_checkpointing=gradient_checkpointing, seed=seed, rng=rng,
-            callbacks=callbacks, verbose=verbose, desc=desc,
+            callbacks=callbacks, verbose=verbose, desc=desc, threads=threads,
+            front=front_end_cache(backbone, waves, cache_front_end),
         )
 
 
 def _train_encoder(backbone, objective, waves, codes, *, batch_plan, epochs, learning_rate,
                    weight_decay, lr_schedule, max_steps, layer, max_samples, device,
-                   gradient_checkpointing, seed, rng, callbacks, verbose, desc):
+                   gradient_checkpointing, seed, rng, callbacks, verbose, desc, threads=None,
+                   front=None):
     from tqdm.auto import tqdm
 
     device = device or torch.device("cpu")
@@ -225,7 +235,7 @@ def _train_encoder(backbone, objective, waves, codes, *, batch_plan, epochs, lea
                 record = _run_epoch(
                     model, backbone, optimizer, waves, codes, batches, rng,
                     max_samples=max_samples, device=device, rank=rank, world=world,
-                    scheduler=scheduler,
+                    scheduler=scheduler, threads=threads, front=front,
                     progress=tqdm(total=n_steps, desc=f"{desc} epoch {epoch}/{epochs}",
                                   disable=not show, leave=False, unit="batch"),
                 )
@@ -278,7 +288,7 @@ def _lr_scheduler(optimizer, lr_schedule, total_steps):
 
 
 def _run_epoch(model, backbone, optimizer, waves, codes, batches, rng, *, max_samples,
-               device, progress, rank=0, world=1, scheduler=None):
+               device, progress, rank=0, world=1, scheduler=None, threads=None, front=None):
     model.train()
     start = time.perf_counter()
     total_loss, n_seen = 0.0, 0
@@ -294,9 +304,12 @@ def _run_epoch(model, backbone, optimizer, waves, codes, batches, rng, *, max_sa
         steps = ((batches[j], crops[j]) for j in _rank_steps(len(batches), rank, world))
     with progress:
         for idx, clips in steps:
+            if threads is not None:  # "auto" follows the machine's load batch by batch
+                threads.update()
             if clips is None:
                 clips = [_training_clip(waves[i], backbone, max_samples, rng) for i in idx]
-            batch = batch_to(backbone.featurize(clips), device)
+            batch = batch_to(backbone.featurize(clips) if front is None
+                             else front.featurize(idx, clips), device)
             targets = torch.as_tensor(codes[idx], device=device)
             loss, stats = model(batch, targets)
             finite = bool(torch.isfinite(loss))

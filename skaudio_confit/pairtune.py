@@ -113,6 +113,13 @@ class PairTuneTransformer(
         never ends below the pretrained encoder on the validation clips.
     device : str, default="auto"
         "auto" (CUDA if available, with bf16 autocast; else CPU), "cpu", "cuda:N".
+    n_threads : int, "auto" or None, default="auto"
+        torch intra-op threads in ``fit``, ``transform`` and ``predict``. "auto" uses
+        the cores other processes leave idle, re-measured every half second (on a busy
+        machine fewer threads are faster: threads waiting for a shared core stall
+        each other); an int is used as given; None keeps ``torch.get_num_threads()``.
+        Inside a Dask or joblib worker the worker's share of the cores caps it.
+        torch's setting is restored afterwards.
     random_state : int, RandomState instance or None, default=None
         Seeds batches, crops, dropout and the head. Same value, same result on CPU.
     verbose : int, default=1
@@ -185,6 +192,7 @@ class PairTuneTransformer(
         n_iter_no_change=None,
         keep_best=False,
         device="auto",
+        n_threads="auto",
         random_state=None,
         verbose=1,
     ):
@@ -211,6 +219,7 @@ class PairTuneTransformer(
         self.n_iter_no_change = n_iter_no_change
         self.keep_best = keep_best
         self.device = device
+        self.n_threads = n_threads
         self.random_state = random_state
         self.verbose = verbose
 
