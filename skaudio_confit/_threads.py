@@ -112,7 +112,7 @@ def budget_threads():
 # the run queue, short next to a transform or an epoch.
 _DECIDE_SECONDS = 0.5
 # The first decision averages this many samples of the run queue, this far apart.
-_FIRST_SAMPLES, _FIRST_SAMPLE_GAP = 5, 0.01
+_FIRST_SAMPLES, _FIRST_SAMPLE_GAP = 3, 0.005
 
 
 def _runnable_elsewhere():
