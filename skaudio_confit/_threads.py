@@ -147,8 +147,8 @@ def _usable_cores():
     return max(1, min(cores, _TORCH_DEFAULT_THREADS))
 
 
-# torch's intra-op default (the physical cores, or OMP_NUM_THREADS), read at import
-# before anything changes it: "auto" never goes above it.
+# torch's intra-op count when this package is imported (torch's default is the
+# physical cores, or OMP_NUM_THREADS): "auto" never goes above it.
 _TORCH_DEFAULT_THREADS = torch.get_num_threads()
 
 
