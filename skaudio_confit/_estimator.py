@@ -13,13 +13,15 @@ import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._audio import as_clip_list, load_waveforms, max_samples
+from ._input import as_clip_list, load_waveforms
+from ._windows import max_samples
 from ._device import resolve_device
 from ._distributed import broadcast_from_rank0, process_group
 from ._labels import check_targets, encode_labels
 from ._pooling import embed_waveforms
+from ._inference import embed_stream
 from ._random import forked_torch_rng, seeds_from
-from ._threads import budget_threads
+from ._threads import thread_policy
 from ._training import train_encoder
 from .backbones import load_backbone
 from .callbacks import EarlyStopping, TrainingState
@@ -44,6 +46,7 @@ ENCODER_PARAMETER_CONSTRAINTS = {
     "keep_best": ["boolean"],
     "callbacks": [list, tuple, None],
     "device": [str],
+    "n_threads": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"}), None],
     "random_state": ["random_state"],
     "verbose": ["verbose"],
 }
@@ -142,8 +145,10 @@ class AudioEncoderMixin:
     def _embed(self, X):
         """Pooled embeddings of ``X`` from the fitted encoder, with a progress bar.
 
-        The input is read, resampled and embedded in chunks of ``_STREAM_CLIPS``
-        clips, so memory stays flat however many clips (or files) ``X`` holds.
+        The input is read, resampled and featurized in chunks of ``_STREAM_CLIPS``
+        clips by a background thread while this one runs the encoder
+        (:mod:`._inference`), so memory stays flat however many clips (or files) ``X``
+        holds; torch's threads follow ``n_threads`` (:mod:`._threads`).
         """
         from tqdm.auto import tqdm
 
@@ -156,16 +161,20 @@ class AudioEncoderMixin:
         if len(clips) == 0:
             raise ValueError("X is empty: at least one clip is required.")
         device = resolve_device(self.device)
-        rate = self.backbone_.sampling_rate
-        chunks = []
+        backbone = self.backbone_.to(device)
+
+        def load_chunk(chunk, first_index):
+            return load_waveforms(chunk, sampling_rate=self.sampling_rate,
+                                  target_rate=backbone.sampling_rate, first_index=first_index)
+
         with tqdm(total=len(clips), desc="embed", unit="clip", disable=not self.verbose,
-                  leave=False) as bar:
-            for start in range(0, len(clips), _STREAM_CLIPS):
-                waves = load_waveforms(clips[start:start + _STREAM_CLIPS],
-                                       sampling_rate=self.sampling_rate, target_rate=rate,
-                                       first_index=start)
-                chunks.append(self._embed_waves(self.backbone_, waves, device, bar))
-        return np.concatenate(chunks)
+                  leave=False) as bar, thread_policy(self.n_threads) as threads:
+            return embed_stream(
+                backbone, clips, load_chunk=load_chunk, chunk_size=_STREAM_CLIPS,
+                layer=self._layer_of(backbone), batch_size=self.batch_size,
+                max_samples=self._window_samples(backbone), device=device,
+                threads=threads, progress=bar,
+            )
 
     def _fit_encoder(self, X, y, *, validation_data, desc):
         """Load input and the pretrained backbone, then train under ``_make_objective``.
@@ -295,6 +304,7 @@ class AudioEncoderMixin:
                 max_samples=max_samples(self.max_duration, state.backbone.sampling_rate),
                 device=device, gradient_checkpointing=self.gradient_checkpointing,
                 seed=seed, rng=rng, on_epoch_end=epoch_end, verbose=self.verbose, desc=desc,
+                n_threads=self.n_threads,
                 augment=self._training_augmentation(state.backbone),
             )
         for callback in callbacks:
@@ -340,8 +350,8 @@ class AudioEncoderMixin:
 
     def _embed_waves(self, backbone, waves, device, progress=None):
         backbone.to(device)
-        # Torch threads follow the Dask/loky worker's budget (unchanged elsewhere).
-        with budget_threads():
+        # Torch threads follow n_threads and the Dask/loky worker's budget.
+        with thread_policy(self.n_threads):
             return embed_waveforms(
                 backbone, waves, layer=self._layer_of(backbone), batch_size=self.batch_size,
                 max_samples=self._window_samples(backbone), device=device, progress=progress,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._audio import pad_to_length, split_windows
+from ._windows import pad_to_length, split_windows
 from ._device import autocast
 from .backbones._base import batch_to
 

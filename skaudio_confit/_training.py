@@ -24,7 +24,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from ._audio import pad_to_length, random_crop
+from ._windows import pad_to_length, random_crop
 from ._device import autocast
 from ._distributed import (
     all_ranks_true,
@@ -36,9 +36,10 @@ from ._distributed import (
     rank_steps,
     sum_over_ranks,
 )
+from ._front_cache import front_end_cache
 from ._pooling import masked_mean
 from ._random import forked_torch_rng
-from ._threads import budget_threads
+from ._threads import thread_policy
 from .backbones._base import batch_to
 
 
@@ -96,6 +97,8 @@ def train_encoder(
     verbose=1,
     desc="fit",
     augment=None,
+    n_threads=None,
+    cache_front_end=True,
 ):
     """Fine-tune ``backbone`` end to end under ``objective``; return the history.
 
@@ -132,6 +135,11 @@ def train_encoder(
         (which it may extend); True stops training.
     augment : TrainingAugmentation or None
         Random perturbation of each training clip and batch (``_augmentation``).
+    n_threads : int, "auto" or None
+        torch intra-op threads (see Notes); restored at the end.
+    cache_front_end : bool
+        Compute a frozen front end once per uncropped clip (``_front_cache``); never
+        with ``augment``, whose perturbed clips it would not see.
 
     Returns
     -------
@@ -142,8 +150,9 @@ def train_encoder(
 
     Notes
     -----
-    Torch runs on :func:`~skaudio_confit._threads.thread_budget` threads (a Dask or
-    loky worker's allotment; unchanged elsewhere). When ``torch.distributed`` is
+    Torch runs on ``n_threads`` threads (:class:`~skaudio_confit._threads.ThreadPolicy`:
+    "auto" follows the idle cores; None leaves torch's setting), capped by a Dask or
+    loky worker's allotment. When ``torch.distributed`` is
     initialised with ``world_size > 1``, every rank must call this with the same
     clips and settings: the rank with index ``r`` runs batches ``r, r + world_size,
     ...`` of each epoch's plan (the plan is padded by wrapping around so that every
@@ -151,7 +160,7 @@ def train_encoder(
     gradients, the epoch's record sums loss and statistics over all ranks, and only
     rank 0 shows progress. Every rank ends with the same weights.
     """
-    with budget_threads():
+    with thread_policy(n_threads) as threads:
         return _train_encoder(
             backbone, objective, waves, codes, batch_plan=batch_plan, epochs=epochs,
             learning_rate=learning_rate, weight_decay=weight_decay,
@@ -159,13 +168,15 @@ def train_encoder(
             max_samples=max_samples, device=device,
             gradient_checkpointing=gradient_checkpointing, seed=seed, rng=rng,
             on_epoch_end=on_epoch_end, verbose=verbose, desc=desc, augment=augment,
+            threads=threads,
+            front=front_end_cache(backbone, waves, cache_front_end and augment is None),
         )
 
 
 def _train_encoder(backbone, objective, waves, codes, *, batch_plan, epochs, learning_rate,
                    weight_decay, lr_schedule, max_steps, layer, max_samples, device,
                    gradient_checkpointing, seed, rng, on_epoch_end, verbose, desc,
-                   augment=None):
+                   augment=None, threads=None, front=None):
     from tqdm.auto import tqdm
 
     device = device or torch.device("cpu")
@@ -223,7 +234,7 @@ def _train_encoder(backbone, objective, waves, codes, *, batch_plan, epochs, lea
                 record = _run_epoch(
                     model, backbone, optimizer, waves, codes, batches, rng,
                     max_samples=max_samples, device=device, rank=rank, world=world,
-                    scheduler=scheduler, augment=augment,
+                    scheduler=scheduler, augment=augment, threads=threads, front=front,
                     progress=tqdm(total=n_steps, desc=f"{desc} epoch {epoch}/{epochs}",
                                   disable=not show, leave=False, unit="batch"),
                 )
@@ -276,7 +287,8 @@ def _lr_scheduler(optimizer, lr_schedule, total_steps):
 
 
 def _run_epoch(model, backbone, optimizer, waves, codes, batches, rng, *, max_samples,
-               device, progress, rank=0, world=1, scheduler=None, augment=None):
+               device, progress, rank=0, world=1, scheduler=None, augment=None, threads=None,
+               front=None):
     model.train()
     start = time.perf_counter()
     total_loss, n_seen = 0.0, 0
@@ -292,10 +304,12 @@ def _run_epoch(model, backbone, optimizer, waves, codes, batches, rng, *, max_sa
         steps = ((batches[j], crops[j]) for j in rank_steps(len(batches), rank, world))
     with progress:
         for idx, clips in steps:
+            if threads is not None:  # "auto" follows the machine's load batch by batch
+                threads.update()
             if clips is None:
                 clips = [_training_clip(waves[i], backbone, max_samples, rng, augment)
                          for i in idx]
-            batch = backbone.featurize(clips)
+            batch = backbone.featurize(clips) if front is None else front.featurize(idx, clips)
             if augment is not None:  # per-rank masks, from the rank's own stream
                 batch = augment.features(batch, backbone.mask_rng)
             batch = batch_to(batch, device)

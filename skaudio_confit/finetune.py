@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 from sklearn.base import (
@@ -94,6 +94,13 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
         works on copies of them. Not stored by ``save`` (a loaded model has None).
     device : str, default="auto"
         "auto" (CUDA with bf16 autocast if available, else CPU), "cpu", "cuda:N".
+    n_threads : int, "auto" or None, default="auto"
+        torch intra-op threads in ``fit``, ``transform`` and ``predict``. "auto" uses
+        the cores other processes leave idle, re-measured every half second (on a busy
+        machine fewer threads are faster: threads waiting for a shared core stall
+        each other); an int is used as given; None keeps ``torch.get_num_threads()``.
+        Inside a Dask or joblib worker the worker's share of the cores caps it.
+        torch's setting is restored afterwards.
     random_state : int, RandomState instance or None, default=None
         Seeds batches, crops, dropout and the head.
     verbose : int, default=1
@@ -161,6 +168,7 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
         keep_best=False,
         callbacks=None,
         device="auto",
+        n_threads="auto",
         random_state=None,
         verbose=1,
     ):
@@ -183,6 +191,7 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
         self.keep_best = keep_best
         self.callbacks = callbacks
         self.device = device
+        self.n_threads = n_threads
         self.random_state = random_state
         self.verbose = verbose
 

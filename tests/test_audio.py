@@ -16,17 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.exceptions import DataConversionWarning
 
-from skaudio_confit._audio import (
-    as_clip_list,
-    check_sampling_rate,
-    load_waveforms,
-    max_samples,
-    pad_to_length,
-    random_crop,
-    read_audio_file,
-    split_windows,
-)
 from skaudio_confit._labels import check_targets
+from skaudio_confit._input import as_clip_list, check_sampling_rate, load_waveforms
+from skaudio_confit._io import read_audio_file
+from skaudio_confit._windows import max_samples, pad_to_length, random_crop, split_windows
 
 SR = 16000
 

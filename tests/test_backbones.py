@@ -20,7 +20,7 @@ from conftest import (
 )
 from safetensors.torch import load_file
 
-from skaudio_confit._audio import split_windows
+from skaudio_confit._windows import split_windows
 from skaudio_confit._device import resolve_device
 from skaudio_confit._pooling import embed_waveforms, length_batches, masked_mean
 from skaudio_confit.backbones import (

@@ -35,7 +35,7 @@ from sklearn.model_selection import cross_val_predict, cross_val_score
 from sklearn.pipeline import Pipeline
 
 from skaudio_confit import FineTuneClassifier, PairTuneTransformer
-from skaudio_confit._audio import load_waveforms
+from skaudio_confit._input import load_waveforms
 from skaudio_confit._labels import check_targets
 from skaudio_confit.persistence import (
     FORMAT_VERSION,

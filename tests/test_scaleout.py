@@ -107,6 +107,7 @@ def test_budget_in_loky_worker_follows_joblib():
 
 def _record_threads(monkeypatch):
     """Record torch's thread count at every training step and inference batch."""
+    import skaudio_confit._inference as inference
     import skaudio_confit._pooling as pooling
     import skaudio_confit._training as training
 
@@ -120,14 +121,18 @@ def _record_threads(monkeypatch):
 
     monkeypatch.setattr(training, "masked_mean", recorder("fit", training.masked_mean))
     monkeypatch.setattr(pooling, "masked_mean", recorder("transform", pooling.masked_mean))
+    monkeypatch.setattr(inference, "masked_mean",
+                        recorder("transform", inference.masked_mean))
     return seen
 
 
-def test_main_process_fit_leaves_torch_threads_alone(tiny_whisper_encoder_dir, monkeypatch):
+def test_main_process_fit_with_n_threads_none_leaves_torch_alone(tiny_whisper_encoder_dir,
+                                                                   monkeypatch):
     X, y = make_class_sines(n_per_class=4)
     seen = _record_threads(monkeypatch)
     with torch_threads(2):  # what the user set
-        PairTuneTransformer(tiny_whisper_encoder_dir, **PAIRTUNE).fit(X, y).transform(X)
+        PairTuneTransformer(tiny_whisper_encoder_dir, n_threads=None,
+                            **PAIRTUNE).fit(X, y).transform(X)
         assert torch.get_num_threads() == 2
     assert set(seen["fit"]) == {2} and set(seen["transform"]) == {2}
 

@@ -96,6 +96,30 @@ class AudioBackbone(nn.Module):
         """
         raise NotImplementedError
 
+    def front_end_frozen(self):
+        """Whether :meth:`front_features` stays fixed while training (may be cached).
+
+        True when the front end has no trainable parameter: the fit then computes it
+        once per clip (:mod:`skaudio_confit._front_cache`) instead of every epoch.
+        """
+        return False
+
+    def front_features(self, wave):
+        """The front end's output for one uncropped clip, as ``(tensor, length)``.
+
+        The tensor (channels, frames) is on the CPU; ``length`` is what
+        :meth:`collate_front` needs to rebuild the batch's masks. Only meaningful
+        when :meth:`front_end_frozen`.
+        """
+        raise NotImplementedError
+
+    def collate_front(self, items):
+        """A batch for :meth:`forward` from :meth:`front_features` items.
+
+        The same forward as on ``featurize`` of the clips, up to float rounding.
+        """
+        raise NotImplementedError
+
     def feature_encoder(self) -> nn.Module:
         """The convolutional front of the encoder, frozen by :meth:`freeze_feature_encoder`."""
         raise NotImplementedError
@@ -118,3 +142,9 @@ def _is_true(mode):
 def batch_to(batch, device):
     """Move every tensor of a featurized batch to ``device``."""
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def pad_stack(tensors):
+    """Zero-pad (channels, frames) tensors to the longest and stack them."""
+    n_frames = max(t.shape[-1] for t in tensors)
+    return torch.stack([nn.functional.pad(t, (0, n_frames - t.shape[-1])) for t in tensors])

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._base import AudioBackbone, _is_true
+from ._base import AudioBackbone, _is_true, pad_stack
 from ._spec_augment import SpecAugment
 
 
@@ -83,6 +83,29 @@ class Wav2Vec2FamilyBackbone(AudioBackbone):
             values[i, : len(w)] = w
         return {"input_values": torch.from_numpy(values), "lengths": torch.tensor(lengths)}
 
+    def front_end_frozen(self):
+        # The conv feature encoder, once frozen, is a fixed function of the clip. Its
+        # zero-padded per-clip output equals the batched forward only where padded
+        # frames are masked (not data2vec-audio's stacked positional convs).
+        if not (self.padding_invariant or self.conv_per_clip):
+            return False
+        return not any(p.requires_grad for p in self.feature_encoder().parameters())
+
+    def front_features(self, wave):
+        """The frozen conv feature encoder's output (channels, frames) for one clip."""
+        values = self.featurize([wave])["input_values"]
+        encoder = self.model.feature_extractor
+        with torch.no_grad():
+            features = encoder(values.to(next(encoder.parameters()).device))
+        return features[0].cpu(), len(wave)
+
+    def collate_front(self, items):
+        lengths = torch.tensor([n for _, n in items])
+        # forward reads only the shape of input_values (for the padding masks): the
+        # conv features stand in for the feature encoder, so no samples are needed.
+        return {"input_values": torch.empty(len(items), int(lengths.max())),
+                "lengths": lengths, "conv_features": pad_stack([t for t, _ in items])}
+
     def forward(self, batch, layer=-1):
         index = self.check_layer(layer)
         values, lengths = batch["input_values"], batch["lengths"]
@@ -94,7 +117,10 @@ class Wav2Vec2FamilyBackbone(AudioBackbone):
                 torch.arange(values.shape[1], device=values.device)[None, :] < lengths[:, None]
             ).long()
         conv = contextlib.nullcontext()
-        if padded and self.conv_per_clip:
+        if "conv_features" in batch:  # computed once per clip by a frozen encoder
+            conv = _replaced(self.model, "feature_extractor",
+                             _GivenFeatures(batch["conv_features"]))
+        elif padded and self.conv_per_clip:
             conv = _replaced(self.model, "feature_extractor",
                              _GivenFeatures(self._conv_per_clip(values, lengths)))
         with conv, self._seeded_masking(frame_lengths), self._recorded_states() as state, \

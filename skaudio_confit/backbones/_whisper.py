@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._base import AudioBackbone
+from ._base import AudioBackbone, pad_stack
 
 _N_FFT = 400
 _HOP = 160
@@ -107,22 +107,53 @@ class WhisperEncoderBackbone(AudioBackbone):
             features = ((log_spec + 4.0) / 4.0).float() * real
         return {"input_features": features, "lengths": lengths}
 
+    def _stem_frozen(self):
+        return not any(p.requires_grad for p in self.feature_encoder().parameters())
+
+    def front_end_frozen(self):
+        # The log-mel has no parameters: always fixed; the conv stem when frozen too.
+        return True
+
+    def front_features(self, wave):
+        """Log-mel (n_mels, frames) of one clip, or with a frozen conv stem its output
+        (d_model, frames / 2); returned with the clip's log-mel frame count."""
+        batch = self.featurize([wave])
+        features, length = batch["input_features"], batch["lengths"]
+        if not self._stem_frozen():
+            return features[0], int(length[0])
+        weight = self.model.conv1.weight
+        with torch.no_grad():
+            stem = self._stem(features.to(weight.device), length.to(weight.device))
+        return stem[0].float().cpu(), int(length[0])
+
+    def collate_front(self, items):
+        key = "stem" if self._stem_frozen() else "input_features"
+        return {key: pad_stack([t for t, _ in items]),
+                "lengths": torch.tensor([n for _, n in items])}
+
+    def _stem(self, features, lengths):
+        """The conv stem (conv1, conv2 with GELUs) on log-mel features, padding masked."""
+        enc = self.model
+        features = features.to(enc.conv1.weight.dtype)
+        hidden = nn.functional.gelu(enc.conv1(features))
+        if bool((lengths != features.shape[-1]).any()):
+            # Padded frames must look like conv2's own zero padding.
+            hidden = hidden * _time_mask(hidden.shape[-1], lengths)[:, None, :]
+        return nn.functional.gelu(enc.conv2(hidden))
+
     def forward(self, batch, layer=-1):
         index = self.check_layer(layer)
         enc = self.model
-        features, lengths = batch["input_features"], batch["lengths"]
-        features = features.to(enc.conv1.weight.dtype)
-        padded = bool((lengths != features.shape[-1]).any())
-
-        def time_mask(n_frames, frame_lengths):
-            return torch.arange(n_frames, device=features.device)[None, :] < frame_lengths[:, None]
-
-        hidden = nn.functional.gelu(enc.conv1(features))
-        if padded:  # padded frames must look like conv2's own zero padding
-            hidden = hidden * time_mask(hidden.shape[-1], lengths)[:, None, :]
-        hidden = nn.functional.gelu(enc.conv2(hidden))
+        lengths = batch["lengths"]
+        if "stem" in batch:  # the frozen stem's output, computed once per clip
+            hidden = batch["stem"].to(enc.conv1.weight.dtype)
+            padded = bool(((lengths + 1) // 2 != hidden.shape[-1]).any())
+        else:
+            features = batch["input_features"]
+            padded = bool((lengths != features.shape[-1]).any())
+            hidden = self._stem(features, lengths)
         frame_lengths = (lengths + 1) // 2
-        frame_mask = time_mask(hidden.shape[-1], frame_lengths)
+        frame_mask = _time_mask(hidden.shape[-1], frame_lengths)
         n_frames = hidden.shape[-1]
         if n_frames > self.max_frames:
             raise ValueError(
@@ -144,3 +175,8 @@ class WhisperEncoderBackbone(AudioBackbone):
         if index == self.num_layers:
             hidden = enc.layer_norm(hidden)
         return hidden, frame_mask
+
+
+def _time_mask(n_frames, frame_lengths):
+    """(batch, n_frames) bool, True on the first ``frame_lengths`` frames of each row."""
+    return torch.arange(n_frames, device=frame_lengths.device)[None, :] < frame_lengths[:, None]

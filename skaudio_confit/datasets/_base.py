@@ -6,7 +6,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from .._audio import check_sampling_rate, load_waveforms, read_audio_file
+from .._input import check_sampling_rate, load_waveforms
+from .._io import read_audio_file
 
 DATA_HOME_ENV = "SKAUDIO_CONFIT_DATA"
 _DEFAULT_DATA_HOME = Path("~") / "skaudio_confit_data"

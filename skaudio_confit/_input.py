@@ -1,19 +1,21 @@
-"""The audio input layer shared by every estimator.
+"""Input coercion: everything a user can pass as ``X``, as mono float32 waveforms.
 
 Everything a user can pass as ``X`` comes through :func:`load_waveforms`, which
-validates it and returns one mono float32 waveform per clip at the backbone's
-sampling rate. Cropping, padding and windowing helpers live here too, so that the
-estimators never look at raw user input themselves.
+validates it (arrays, tensors, DataFrames, file paths) and returns one mono float32
+waveform per clip at the backbone's sampling rate. Files are read by :mod:`._io`
+and rates converted by :mod:`._resampling`; the estimators never look at raw user
+input themselves.
 """
 
 from __future__ import annotations
 
 import numbers
 import os
-import re
-from pathlib import Path
 
 import numpy as np
+
+from ._io import read_audio_file
+from ._resampling import _FLOAT32_MAX, resample_clips
 
 # The axis with at most this many entries is taken as the channel axis of a 2-D clip.
 _MAX_CHANNELS = 16
@@ -192,8 +194,6 @@ def _object_clip_to_float(arr, index):
     return arr.astype(np.float64)
 
 
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
 
 def _check_float_range(arr, index):
     """Refuse NaN/inf samples and samples that float32 cannot hold (they would be inf)."""
@@ -241,128 +241,6 @@ def _pcm_to_float(arr, index):
         return arr.astype(np.float32)
     return (arr.astype(np.float64) / scale).astype(np.float32)
 
-
-# libsndfile's log line for a WAV data chunk whose declared size differs from the bytes
-# present, e.g. "data : 32000 (should be 15978)".
-_WAV_DATA_SIZE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
-# Writers that stream a WAV (to a pipe) put a placeholder this large or larger as the
-# data size; such files are read to their end, not reported as truncated.
-_WAV_STREAMING_SIZE = 0x7FFFF000
-
-
-def read_audio_file(path):
-    """Read one audio file as mono float32; return ``(waveform, sampling_rate)``.
-
-    The format is recognised from the file's content, not its extension. A WAV
-    whose header declares more audio data than the file holds (cut short by an
-    interrupted copy or download) is refused rather than silently read in part.
-    """
-    import soundfile as sf
-
-    if os.fspath(path) in ("", b""):
-        raise ValueError("Got an empty string as an audio file path.")
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"Audio file not found: {str(path)!r}.")
-    if path.is_dir():
-        raise ValueError(f"Expected an audio file, got a directory: {str(path)!r}.")
-    try:
-        with sf.SoundFile(str(path)) as f:
-            declared = _WAV_DATA_SIZE.search(f.extra_info or "")
-            rate = f.samplerate
-            data = f.read(dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise ValueError(f"Could not read audio file {str(path)!r}: {exc}") from None
-    if declared is not None:
-        size, present = int(declared[1]), int(declared[2])
-        if present < size < _WAV_STREAMING_SIZE:
-            raise ValueError(
-                f"Audio file {str(path)!r} is truncated: its header declares {size} bytes "
-                f"of audio data but only {present} are present (an interrupted copy or "
-                "download?)."
-            )
-    if data.shape[0] == 0:
-        raise ValueError(f"Audio file {str(path)!r} holds no samples.")
-    mono = data.mean(axis=1, dtype=np.float64) if data.shape[1] > 1 else data[:, 0]
-    if not np.all(np.isfinite(mono)):
-        raise ValueError(f"Audio file {str(path)!r} contains NaN or infinite samples.")
-    return np.ascontiguousarray(mono, dtype=np.float32), float(rate)
-
-
-# torchaudio's sinc kernel holds about (new / g) x (old / g) values, g the rates'
-# greatest common divisor: 8001 Hz -> 16000 Hz would need 0.5 GB and half a minute.
-# Beyond this many values, scipy's polyphase filter (about 20 x max(new, old) / g taps)
-# resamples by the same exact ratio instead.
-_MAX_KERNEL = 1 << 22
-_MAX_POLYPHASE = 1 << 20
-# Rates further apart than this are refused (e.g. sampling_rate=0.5 or 1e9 by mistake).
-_MAX_RATE_RATIO = 1000
-
-
-def _resampler(rate, target_rate, name):
-    """A function resampling a float32 waveform from ``rate`` to ``target_rate``."""
-    import math
-
-    import torch
-    import torchaudio
-
-    if max(rate / target_rate, target_rate / rate) > _MAX_RATE_RATIO:
-        raise ValueError(
-            f"{name} cannot be resampled from {rate:g} Hz to {target_rate:g} Hz: the rates "
-            f"are more than {_MAX_RATE_RATIO} times apart. Check sampling_rate (the rate "
-            "of in-memory clips, in Hz) or the file's header."
-        )
-    # Integer rates; float rates like 22050.0 are exact, others are rounded to 1 Hz.
-    orig, new = max(1, int(round(rate))), max(1, int(round(target_rate)))
-    g = math.gcd(orig, new)
-    orig, new = orig // g, new // g
-    if orig * new <= _MAX_KERNEL:
-        kernel = torchaudio.transforms.Resample(orig, new)
-
-        def run(wave):
-            with torch.inference_mode():
-                return kernel(torch.from_numpy(wave)).numpy()
-
-        return run
-    if max(orig, new) > _MAX_POLYPHASE:
-        raise ValueError(
-            f"{name} cannot be resampled from {rate:g} Hz to {target_rate:g} Hz: the rates "
-            "have no large common divisor, so the resampling filter would be too large. "
-            "Resample the audio to a standard rate (e.g. 16000 or 44100 Hz) first."
-        )
-    from scipy.signal import resample_poly
-
-    return lambda wave: resample_poly(wave, new, orig).astype(np.float32)
-
-
-def _resample(clips, target_rate):
-    """Resample ``(wave, rate, name)`` clips to ``target_rate``, one filter per rate."""
-    resamplers = {}
-    out = []
-    for wave, rate, name in clips:
-        if rate == target_rate:
-            out.append(wave)
-            continue
-        if rate not in resamplers:
-            resamplers[rate] = _resampler(rate, target_rate, name)
-        res = resamplers[rate](wave)
-        if not np.all(np.isfinite(res)):
-            # Samples near the float32 limit overflow in the filter's sums. The filter
-            # is linear: run it on the clip scaled to unit peak, then scale back.
-            peak = float(np.max(np.abs(wave)))
-            res = resamplers[rate]((wave / peak).astype(np.float32)).astype(np.float64) * peak
-            if np.max(np.abs(res)) > _FLOAT32_MAX:
-                raise ValueError(
-                    f"{name} overflows float32 when resampled from {rate:g} Hz to "
-                    f"{target_rate:g} Hz (peak |sample| {peak:.3g}); audio samples are "
-                    "expected in [-1, 1]: scale it down."
-                )
-        if res.size == 0:  # a clip of a few samples can round down to nothing
-            res = np.zeros(1, dtype=np.float32)
-        out.append(np.ascontiguousarray(res, dtype=np.float32))
-    return out
-
-
 def load_waveforms(X, *, sampling_rate, target_rate, first_index=0, warn_file_rates=False):
     """Validate ``X`` and return a list of mono float32 waveforms at ``target_rate``.
 
@@ -402,7 +280,7 @@ def load_waveforms(X, *, sampling_rate, target_rate, first_index=0, warn_file_ra
             with_rates.append((_to_mono_float(clip, i), sampling_rate, f"Clip {i}"))
     if warn_file_rates:
         _warn_file_rates(clips, with_rates, sampling_rate)
-    return _resample(with_rates, target_rate)
+    return resample_clips(with_rates, target_rate)
 
 
 def _warn_file_rates(clips, with_rates, sampling_rate):
@@ -422,50 +300,5 @@ def _warn_file_rates(clips, with_rates, sampling_rate):
         )
 
 
-def pad_to_length(wave, n_samples):
-    """Zero-pad ``wave`` at the end to at least ``n_samples``."""
-    if len(wave) >= n_samples:
-        return wave
-    return np.pad(wave, (0, n_samples - len(wave)))
 
-
-def random_crop(wave, n_samples, rng):
-    """Return a random ``n_samples``-long segment of ``wave`` (or ``wave`` if shorter)."""
-    if len(wave) <= n_samples:
-        return wave
-    start = int(rng.integers(0, len(wave) - n_samples + 1))
-    return wave[start : start + n_samples]
-
-
-def split_windows(wave, n_samples):
-    """Split ``wave`` into equal windows of ``n_samples`` covering it from end to end.
-
-    Window starts are spread evenly so that every window is full length and the last
-    one ends at the clip's end (neighbouring windows overlap a little when the length
-    is not a multiple of ``n_samples``), so no window is mostly padding.
-    """
-    if len(wave) <= n_samples:
-        return [wave]
-    n_windows = int(np.ceil(len(wave) / n_samples))
-    starts = np.linspace(0, len(wave) - n_samples, n_windows).round().astype(int)
-    return [wave[s : s + n_samples] for s in starts]
-
-
-def max_samples(max_duration, rate):
-    """``max_duration`` seconds as a sample count at ``rate`` (``None`` stays ``None``)."""
-    if max_duration is None:
-        return None
-    return max(1, int(round(max_duration * rate)))
-
-
-__all__ = [
-    "as_clip_list",
-    "check_sampling_rate",
-    "load_waveforms",
-    "max_samples",
-    "pad_to_length",
-    "random_crop",
-    "read_audio_file",
-    "split_windows",
-]
-
+__all__ = ["as_clip_list", "check_sampling_rate", "load_waveforms"]
