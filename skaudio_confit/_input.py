@@ -9,6 +9,7 @@ input themselves.
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 
@@ -32,9 +33,13 @@ def check_sampling_rate(sampling_rate, name="sampling_rate"):
     """Return ``sampling_rate`` as a positive float, or raise a clear error."""
     if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, numbers.Real):
         raise TypeError(f"{name} must be a positive number, got {sampling_rate!r}.")
-    if not np.isfinite(sampling_rate) or sampling_rate <= 0:
+    try:
+        rate = float(sampling_rate)  # an int beyond float range overflows here
+    except OverflowError:
+        rate = math.inf
+    if not math.isfinite(rate) or rate <= 0:
         raise ValueError(f"{name} must be a positive number, got {sampling_rate!r}.")
-    return float(sampling_rate)
+    return rate
 
 
 def _is_path(item):

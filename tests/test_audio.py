@@ -522,7 +522,7 @@ def test_audio_file_without_frames(make_audio_file):
         load([path])
 
 
-@pytest.mark.parametrize("rate", [0, -16000, 0.0, float("nan"), float("inf"), -np.inf])
+@pytest.mark.parametrize("rate", [0, -16000, 0.0, float("nan"), float("inf"), -np.inf, 10**400])
 def test_non_positive_or_non_finite_sampling_rate(rate):
     with pytest.raises(ValueError, match="sampling_rate must be a positive number"):
         load([np.zeros(10)], sampling_rate=rate)
@@ -539,6 +539,8 @@ def test_non_numeric_or_bool_sampling_rate(rate):
 def test_check_sampling_rate_returns_float():
     assert check_sampling_rate(np.int64(22050)) == 22050.0
     assert isinstance(check_sampling_rate(8000), float)
+    # An int too large for int64 is still a number (numpy's isfinite cannot take it).
+    assert check_sampling_rate(10**30) == 1e30
 
 
 # --------------------------------------------------------------------------------------
