@@ -654,6 +654,12 @@ def group_norm_report(result, args):
     ])
 
 
+def recorded_args(args):
+    """The run's arguments for the report: where the files went is not a result (and
+    may be a machine path)."""
+    return {k: v for k, v in vars(args).items() if k != "output_dir"}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -689,7 +695,7 @@ def main(argv=None):
     if args.group_norm:
         args.repeats = args.repeats_gn
         result = {"date": _common.now(), "machine": _common.machine(args.device),
-                  "args": vars(args), **group_norm_inference(args)}
+                  "args": recorded_args(args), **group_norm_inference(args)}
         _common.write_json(args.output_dir / "speed_group_norm.json", result)
         _common.write_text(args.output_dir / "speed_group_norm.md",
                            group_norm_report(result, args))
@@ -702,7 +708,7 @@ def main(argv=None):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
     results = {"date": _common.now(), "machine": _common.machine("cpu"),
-               "args": vars(args)}
+               "args": recorded_args(args)}
     sections = args.only or ["threads", "transform", "memory", "epochs", "precision"]
     with tempfile.TemporaryDirectory() as tmp:
         backbones = backbone_dirs(tmp)

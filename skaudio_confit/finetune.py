@@ -94,11 +94,13 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
         works on copies of them. Not stored by ``save`` (a loaded model has None).
     device : str, default="auto"
         "auto" (CUDA with bf16 autocast if available, else CPU), "cpu", "cuda:N".
-    n_threads : int, "auto" or None, default="auto"
+    n_threads : int, "auto" or None, default=None
         torch intra-op threads in ``fit``, ``transform`` and ``predict``. "auto" uses
         the cores other processes leave idle, re-measured every half second (on a busy
         machine fewer threads are faster: threads waiting for a shared core stall
-        each other); an int is used as given; None keeps ``torch.get_num_threads()``.
+        each other), at the cost of bit-identical reruns (the thread count changes how
+        float sums are split); an int is used as given; None (the default, which keeps
+        results reproducible) keeps ``torch.get_num_threads()``.
         Inside a Dask or joblib worker the worker's share of the cores caps it.
         torch's setting is restored afterwards.
     random_state : int, RandomState instance or None, default=None
@@ -168,7 +170,7 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
         keep_best=False,
         callbacks=None,
         device="auto",
-        n_threads="auto",
+        n_threads=None,
         random_state=None,
         verbose=1,
     ):

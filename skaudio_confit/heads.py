@@ -31,6 +31,7 @@ from skorch.dataset import Dataset
 from torch.utils.data import DataLoader
 
 from ._device import resolve_device
+from ._labels import encode_labels
 from ._random import forked_torch_rng
 
 __all__ = ["LinearHead", "LinearHeadClassifier"]
@@ -345,7 +346,7 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
         unseen = np.setdiff1d(y, labels)
         if unseen.size:
             raise ValueError(f"y contains labels not in classes_: {unseen.tolist()}")
-        return X, labels, np.searchsorted(labels, y).astype(np.int64)
+        return X, labels, encode_labels(y, labels)[1]
 
     def _train(self, X, y, classes, reset, fit_params):
         """Validate, encode, (re)build the net if ``reset`` and train one round."""
