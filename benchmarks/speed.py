@@ -3,7 +3,7 @@
 Questions (issue 13):
 
 1. Threads: ``transform`` and a training epoch with ``n_threads`` = 1, 2 and "auto"
-   (the default), on the idle machine and with one core kept busy by a CPU-burning
+   (opt-in; the default None keeps torch's setting), on the idle machine and with one core kept busy by a CPU-burning
    process this script starts (and stops). Goal: the default within 10 % of the best
    setting in both conditions.
 2. ``transform`` against (a) the bare batched forward over the very same padded
@@ -21,6 +21,11 @@ Questions (issue 13):
 
 Data: clips of the bundled FSDD (real recordings, 0.14-2.3 s, 8 kHz, resampled to
 16 kHz). CPU.
+
+Unlike the other benchmarks, this one imports private modules on purpose: it times
+the package's internal stages against each other (the bare forward over the tensors
+``transform`` builds, one epoch of the training loop with and without the front-end
+cache), which no public API exposes. The other benchmarks use public API only.
 
 Usage::
 
