@@ -284,17 +284,23 @@ def memory(args, tmp):
     return results
 
 
+def training_clips(n, seed):
+    """``n`` FSDD clips at 16 kHz and their class codes, for the training loop."""
+    from skaudio_confit._input import load_waveforms
+    from skaudio_confit._labels import encode_labels
+
+    clips, y, rate = fsdd_clips(n, seed=seed)
+    return load_waveforms(clips, sampling_rate=rate, target_rate=16000), encode_labels(y)[1]
+
+
 def epoch_times(args, backbones):
     """Seconds of the first and second epoch with and without the front-end cache."""
-    from skaudio_confit._input import load_waveforms
-    from skaudio_confit._objectives import SupConObjective, encode_labels
+    from skaudio_confit._objectives import SupConObjective
     from skaudio_confit._sampling import class_balanced_batches
     from skaudio_confit._training import train_encoder
     from skaudio_confit.backbones import load_backbone
 
-    clips, y, rate = fsdd_clips(args.train_clips, seed=1)
-    waves = load_waveforms(clips, sampling_rate=rate, target_rate=16000)
-    _, codes = encode_labels(y)
+    waves, codes = training_clips(args.train_clips, seed=1)
     cases = [("Whisper tiny.en (bundled)", False), ("Whisper tiny.en (bundled)", True),
              ("wav2vec2 tiny (random, base conv pattern)", True)]
     rows = []
@@ -327,16 +333,13 @@ def precision_and_compile(args, backbones):
     """bf16 autocast and torch.compile on CPU: speed and drift of the embeddings."""
     import torch
 
-    from skaudio_confit._input import load_waveforms
-    from skaudio_confit._objectives import SupConObjective, encode_labels
+    from skaudio_confit._objectives import SupConObjective
     from skaudio_confit._pooling import embed_waveforms
     from skaudio_confit._sampling import class_balanced_batches
     from skaudio_confit._training import train_encoder
     from skaudio_confit.backbones import load_backbone
 
-    clips, y, rate = fsdd_clips(args.precision_clips, seed=4)
-    waves = load_waveforms(clips, sampling_rate=rate, target_rate=16000)
-    _, codes = encode_labels(y)
+    waves, codes = training_clips(args.precision_clips, seed=4)
     backbone = load_backbone(backbones["Whisper tiny.en (bundled)"])
     layer = backbone.num_layers // 2
 

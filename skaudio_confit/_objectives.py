@@ -10,7 +10,6 @@ from __future__ import annotations
 from torch import nn
 from torch.nn import functional as F
 
-from ._labels import encode_labels  # noqa: F401 (its former home: benchmarks import it here)
 from ._random import forked_torch_rng
 
 MINING_OPTIONS = ("multi-similarity", "none")

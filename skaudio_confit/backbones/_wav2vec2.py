@@ -159,15 +159,16 @@ class Wav2Vec2FamilyBackbone(AudioBackbone):
             return hook
 
         encoder = self.model.encoder
-        handles = []
+        handles = [layer.register_forward_hook(after(i))
+                   for i, layer in enumerate(encoder.layers)]
         # The encoder's dropout is its last step before the first layer in every family,
-        # so its output is the state before any layer even when LayerDrop skips them all.
+        # so its output is the state before any layer even when LayerDrop skips them all;
+        # without one, the input of the first layer that runs is that state.
         if isinstance(getattr(encoder, "dropout", None), nn.Module):
             handles.append(encoder.dropout.register_forward_hook(
                 lambda module, args, output: inputs.setdefault("first", output)))
-        for i, layer in enumerate(encoder.layers):
-            handles.append(layer.register_forward_pre_hook(before))
-            handles.append(layer.register_forward_hook(after(i)))
+        else:
+            handles += [layer.register_forward_pre_hook(before) for layer in encoder.layers]
 
         def state(k):
             ran = [i for i in outputs if i < k]
