@@ -140,7 +140,11 @@ class AudioEncoderMixin:
     @property
     def _n_features_out(self):
         # Read by get_feature_names_out; derived so that no extra state is stored.
-        return self.backbone_.hidden_size
+        return self._inference_backbone().hidden_size
+
+    def _inference_backbone(self):
+        """What ``transform`` runs: the fitted encoder (subclasses may add to it)."""
+        return self.backbone_
 
     def _embed(self, X):
         """Pooled embeddings of ``X`` from the fitted encoder, with a progress bar.
@@ -161,7 +165,7 @@ class AudioEncoderMixin:
         if len(clips) == 0:
             raise ValueError("X is empty: at least one clip is required.")
         device = resolve_device(self.device)
-        backbone = self.backbone_.to(device)
+        backbone = self._inference_backbone().to(device)
 
         def load_chunk(chunk, first_index):
             return load_waveforms(chunk, sampling_rate=self.sampling_rate,

@@ -16,7 +16,7 @@ import numpy as np
 
 # Bumped only when an older reader could misread a newer save; new optional
 # manifest entries keep the version (older saves without them still load).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format read; see persistence for what writes 2
 
 
 def json_value(value):

@@ -52,7 +52,7 @@ def _dump_encoder(name, step):
 
 def _load_encoder(cls, spec, directory, width, path):
     step = cls.load(file_inside(directory, spec["directory"], "step directory"))
-    return step, step.backbone_.hidden_size
+    return step, step._n_features_out
 
 
 # ------------------------------------------------ scikit-learn steps, all in JSON

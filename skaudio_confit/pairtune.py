@@ -19,7 +19,9 @@ from ._estimator import (
 from ._augmentation import AUGMENTATION_OPTIONS, make_augmentation
 from ._objectives import MINING_OPTIONS, SupConObjective
 from ._partial_freeze import freeze_lower_layers
+from ._random import forked_torch_rng
 from ._sampling import class_balanced_batches
+from ._stacked import SideBySideBackbones
 from ._supcon_variants import SupConVariantObjective
 from .persistence import EncoderPersistenceMixin
 
@@ -125,6 +127,13 @@ class PairTuneTransformer(
     freeze_layers : int, default=0
         Keep the front end and the lowest ``freeze_layers`` transformer layers as
         pretrained (partial fine-tuning). 0: tune the whole encoder (the paper).
+    include_pretrained : bool, default=False
+        Keep a copy of the pretrained encoder and have ``transform`` return its
+        pooled embedding beside the tuned one (``2 * hidden_size`` features, the
+        pretrained first), so that a linear classifier sees both views: what tuning
+        on few clips learned, and what it may have lost. Costs a second encoder pass
+        in ``transform`` and twice the weights in a save. Ignored with ``epochs=0``.
+        False: the tuned embedding alone (the paper).
     validation_fraction : float or None, default=None
         Fraction of the training clips held out (stratified) to score each epoch, as
         with ``fit(..., validation_data=...)``. None: no validation.
@@ -159,6 +168,9 @@ class PairTuneTransformer(
     ----------
     backbone_ : AudioBackbone
         The fine-tuned encoder; exactly the backbone's parameters, no head.
+    pretrained_backbone_ : AudioBackbone
+        The untouched pretrained encoder, only with ``include_pretrained=True``
+        (and ``epochs > 0``).
     classes_ : ndarray
         Class labels seen in ``fit``.
     history_ : list of dict
@@ -191,6 +203,7 @@ class PairTuneTransformer(
     """
 
     _needs_positive_pairs = True
+    _keeps_pretrained = True  # pretrained_backbone_ (include_pretrained) is saved too
 
     _parameter_constraints = {
         **ENCODER_PARAMETER_CONSTRAINTS,
@@ -205,6 +218,7 @@ class PairTuneTransformer(
         "ce_weight": [Interval(Real, 0, None, closed="left")],
         "label_smoothing": [Interval(Real, 0, 1, closed="left")],
         "freeze_layers": [Interval(Integral, 0, None, closed="left")],
+        "include_pretrained": ["boolean"],
     }
 
     def __init__(
@@ -234,6 +248,7 @@ class PairTuneTransformer(
         ce_weight=0.0,
         label_smoothing=0.0,
         freeze_layers=0,
+        include_pretrained=False,
         validation_fraction=None,
         n_iter_no_change=None,
         keep_best=False,
@@ -267,6 +282,7 @@ class PairTuneTransformer(
         self.ce_weight = ce_weight
         self.label_smoothing = label_smoothing
         self.freeze_layers = freeze_layers
+        self.include_pretrained = include_pretrained
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.keep_best = keep_best
@@ -302,8 +318,16 @@ class PairTuneTransformer(
         """
         backbone, _, classes, history = self._fit_encoder(
             X, y, validation_data=validation_data, desc="PairTune")
+        pretrained = None
+        if self.include_pretrained and classes is not None and self.epochs > 0:
+            with forked_torch_rng():  # loading must not draw from the caller's stream
+                pretrained = self._pretrained_backbone().eval()
         # Fitted state is set only now, so a failed fit leaves a fitted model as it was.
         self.backbone_ = backbone
+        if pretrained is None:
+            self.__dict__.pop("pretrained_backbone_", None)
+        else:
+            self.pretrained_backbone_ = pretrained
         if classes is None:  # the frozen encoder fitted without labels
             self.__dict__.pop("classes_", None)
         else:
@@ -331,6 +355,13 @@ class PairTuneTransformer(
         freeze_lower_layers(backbone, self.freeze_layers)
         return backbone
 
+    def _inference_backbone(self):
+        """The tuned encoder, with the pretrained one beside it if it was kept."""
+        pretrained = getattr(self, "pretrained_backbone_", None)
+        if pretrained is None:
+            return self.backbone_
+        return SideBySideBackbones(pretrained, self.backbone_)
+
     def _training_augmentation(self, backbone):
         """The ``augmentation`` of training clips and batches (None when off)."""
         return make_augmentation(self.augmentation, backbone)
@@ -354,8 +385,10 @@ class PairTuneTransformer(
 
         Returns
         -------
-        embeddings : ndarray of shape (n_clips, hidden_size), dtype float32
-            Independent of batch composition and order.
+        embeddings : ndarray of shape (n_clips, n_features), dtype float32
+            ``n_features`` is the encoder's ``hidden_size``, twice that with
+            ``include_pretrained`` (pretrained features first). Independent of
+            batch composition and order.
         """
         return self._embed(X)
 

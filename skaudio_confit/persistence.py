@@ -76,6 +76,15 @@ def backbone_from_state(state):
     return backbone.eval()
 
 
+# Fitted encoders an estimator may hold; ``pretrained_backbone_`` is PairTune's
+# untouched copy (``include_pretrained``), saved under PRETRAINED_PREFIX.
+_BACKBONE_ATTRIBUTES = ("backbone_", "pretrained_backbone_")
+PRETRAINED_PREFIX = "pretrained_backbone."
+# Saves with a pretrained copy are format 2 (older readers refuse them plainly);
+# every other save stays format 1, readable by every release.
+_BASE_FORMAT, _PRETRAINED_FORMAT = 1, 2
+
+
 class EncoderPersistenceMixin:
     """Pickling and safe save/load for estimators holding a fitted ``backbone_``."""
 
@@ -83,16 +92,17 @@ class EncoderPersistenceMixin:
     _json_fitted_attributes = ("classes_", "history_", "n_features_in_")
 
     def __getstate__(self):
-        state = super().__getstate__()
-        if "backbone_" in state:
-            state = dict(state)
-            state["backbone_"] = backbone_state(state["backbone_"])
+        state = dict(super().__getstate__())
+        for name in _BACKBONE_ATTRIBUTES:
+            if name in state:
+                state[name] = backbone_state(state[name])
         return state
 
     def __setstate__(self, state):
-        if isinstance(state.get("backbone_"), dict):
-            state = dict(state)
-            state["backbone_"] = backbone_from_state(state["backbone_"])
+        state = dict(state)
+        for name in _BACKBONE_ATTRIBUTES:
+            if isinstance(state.get(name), dict):
+                state[name] = backbone_from_state(state[name])
         super().__setstate__(state)
 
     def save(self, directory, *, overwrite=False, card_sections=None):
@@ -140,6 +150,10 @@ def _estimator_files(estimator):
     check_is_fitted(estimator)
     state = backbone_state(estimator.backbone_)
     tensors = {k: np.ascontiguousarray(v) for k, v in state["state_dict"].items()}
+    pretrained = getattr(estimator, "pretrained_backbone_", None)
+    if pretrained is not None:
+        tensors.update({PRETRAINED_PREFIX + k: np.ascontiguousarray(v)
+                        for k, v in backbone_state(pretrained)["state_dict"].items()})
     fitted = {
         name: json_value(getattr(estimator, name))
         for name in estimator._json_fitted_attributes
@@ -147,7 +161,7 @@ def _estimator_files(estimator):
     }
     weights = safetensors_bytes(tensors)
     manifest = {
-        "format_version": FORMAT_VERSION,
+        "format_version": _BASE_FORMAT if pretrained is None else _PRETRAINED_FORMAT,
         "package_version": __version__,
         "estimator": type(estimator).__name__,
         # Callbacks act in training only and are code, which this format does not hold.
@@ -157,6 +171,8 @@ def _estimator_files(estimator):
         "fitted": fitted,
         "weights": weights_entry(WEIGHTS, tensors, weights),
     }
+    if pretrained is not None:
+        manifest["pretrained_weights"] = True
     return {WEIGHTS: weights, MANIFEST: json_bytes(manifest)}
 
 
@@ -310,22 +326,44 @@ def load_estimator(cls, directory):
             f"{str(manifest_path)!r} is not a valid manifest: the backbone config cannot "
             f"be built ({type(exc).__name__}: {exc})."
         ) from None
-    if {k: v[0] for k, v in described.items()} != found:
+    has_pretrained = manifest.get("pretrained_weights", False)
+    if has_pretrained is not False and (has_pretrained is not True
+                                        or not getattr(cls, "_keeps_pretrained", False)):
+        raise ValueError(
+            f"{str(manifest_path)!r} is not a valid manifest: pretrained_weights must be "
+            f"true or absent, and only for an estimator that keeps pretrained weights."
+        )
+    described_shapes = {k: v[0] for k, v in described.items()}
+    if has_pretrained:
+        described_shapes.update({PRETRAINED_PREFIX + k: v
+                                 for k, v in described_shapes.items()})
+    if described_shapes != found:
         raise ValueError(
             f"Saved weights in {str(directory)!r} do not fit the saved {model_type} backbone "
             "config: tensor names or shapes differ from what the config describes."
         )
     tensors = read_tensors(weights_path)
-    _load_checks.check_tensors(tensors, described, weights_path)
-    try:
-        backbone = backbone_from_state(
-            {"config": backbone_config, "do_normalize": do_normalize, "state_dict": tensors}
-        )
-    except (RuntimeError, KeyError, TypeError, ValueError):
-        raise ValueError(
-            f"Saved weights in {str(directory)!r} do not fit the saved {model_type} backbone "
-            "config: tensor names or shapes differ from what the config describes."
-        ) from None
+    parts = {"backbone_": {k: v for k, v in tensors.items()
+                           if not k.startswith(PRETRAINED_PREFIX)}}
+    if has_pretrained:
+        parts["pretrained_backbone_"] = {k[len(PRETRAINED_PREFIX):]: v
+                                         for k, v in tensors.items()
+                                         if k.startswith(PRETRAINED_PREFIX)}
+    del tensors
+    backbones = {}
+    for name, part in parts.items():
+        _load_checks.check_tensors(part, described, weights_path)
+        try:
+            backbones[name] = backbone_from_state(
+                {"config": backbone_config, "do_normalize": do_normalize, "state_dict": part}
+            )
+        except (RuntimeError, KeyError, TypeError, ValueError):
+            raise ValueError(
+                f"Saved weights in {str(directory)!r} do not fit the saved {model_type} "
+                "backbone config: tensor names or shapes differ from what the config "
+                "describes."
+            ) from None
+    backbone = backbones["backbone_"]
     # A transformer fitted frozen without labels (epochs=0, y=None) has no classes_ and
     # an empty history; any trained model must have its classes.
     history = getattr(estimator, "history_", None)
@@ -337,7 +375,8 @@ def load_estimator(cls, directory):
         estimator._check_backbone(backbone)
     except ValueError as exc:
         raise ValueError(f"{str(manifest_path)!r} is not a valid manifest: {exc}") from None
-    estimator.backbone_ = backbone
+    for name, value in backbones.items():
+        setattr(estimator, name, value)
     return estimator
 
 
@@ -375,7 +414,7 @@ def _pipeline_files(pipeline):
                              "step writes too; rename the step.")
         files.update(step_files)
         specs.append({"name": name, "kind": kind, **entries})
-    files[PIPELINE_MANIFEST] = json_bytes({"format_version": FORMAT_VERSION, "steps": specs})
+    files[PIPELINE_MANIFEST] = json_bytes({"format_version": _BASE_FORMAT, "steps": specs})
     return files
 
 
