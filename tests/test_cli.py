@@ -131,11 +131,11 @@ def test_embed_writes_npy_or_csv(model_dir, audio_folder, tmp_path, suffix):
     else:
         frame = pd.read_csv(out)
         assert list(frame["file"]) == files
-        assert list(frame.columns[1:]) == [f"embedding_{i:02d}" for i in range(32)]
+        assert list(frame.columns[1:]) == [f"embedding_{i:02d}" for i in range(64)]
         emb = frame.drop(columns="file").to_numpy()
     # The saved encoder's transform of the same files (CSV holds float32 as text).
     expected = saved_pipeline(model_dir)[0].transform(files)
-    assert emb.shape == expected.shape == (3, 32)
+    assert emb.shape == expected.shape == (3, 64)  # [pretrained, tuned] features
     np.testing.assert_allclose(emb, expected, rtol=1e-6, atol=1e-7)
 
 

@@ -1,4 +1,4 @@
-"""Tests for ``PairTuneTransformer(include_pretrained=True)``: the pretrained
+"""Tests for ``PairTuneTransformer(include_pretrained=True)`` (the default): the pretrained
 encoder's embedding beside the tuned one, kept through pickling, safe saves and
 pipelines. Tiny random encoders from conftest, synthetic clips."""
 
@@ -34,12 +34,13 @@ def backbone_dir(request, tiny_whisper_encoder_dir, tiny_wav2vec2_group_dir):
 @pytest.fixture(scope="module")
 def fitted(backbone_dir, data):
     X, y = data
-    return PairTuneTransformer(backbone_dir, include_pretrained=True, **PAIRTUNE).fit(X, y)
+    return PairTuneTransformer(backbone_dir, **PAIRTUNE).fit(X, y)  # the default: True
 
 
 def test_pretrained_features_come_first_then_the_tuned_ones(backbone_dir, data, fitted):
     X, y = data
-    tuned_only = PairTuneTransformer(backbone_dir, **PAIRTUNE).fit(X, y)
+    tuned_only = PairTuneTransformer(backbone_dir, include_pretrained=False,
+                                     **PAIRTUNE).fit(X, y)
     frozen = PairTuneTransformer(backbone_dir, epochs=0, verbose=0, device="cpu").fit(X)
     both = fitted.transform(X)
     width = frozen.backbone_.hidden_size

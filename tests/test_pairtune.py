@@ -97,7 +97,8 @@ def test_fit_transform_shapes_dtype_and_history(whisper_dir, data):
     assert est.fit(X, y) is est
     fit_seconds = time.perf_counter() - started
     Z = est.transform(X)
-    assert Z.shape == (len(X), 32) and Z.dtype == np.float32
+    # [pretrained, tuned] by default (include_pretrained): twice the encoder's 32.
+    assert Z.shape == (len(X), 2 * 32) and Z.dtype == np.float32
     assert np.all(np.isfinite(Z))
     # float64 input gives float32 output too.
     assert est.transform([x.astype(np.float64) for x in X]).dtype == np.float32
@@ -340,7 +341,8 @@ def test_failed_fit_leaves_a_fitted_estimator_as_it_was(fitted, data):
 def test_feature_names_and_pandas_output(fitted, data):
     X, _ = data
     names = fitted.get_feature_names_out()
-    assert names.tolist() == [f"pairtunetransformer{i}" for i in range(32)]
+    # [pretrained, tuned] by default: twice the encoder's 32 features.
+    assert names.tolist() == [f"pairtunetransformer{i}" for i in range(64)]
     Z = fitted.transform(X)
     df = fitted.set_output(transform="pandas").transform(X)
     assert isinstance(df, pd.DataFrame)
@@ -366,7 +368,7 @@ def test_n_features_in_only_for_2d_array_input(whisper_dir, data):
         est.transform(X2d[:, :-1])
     # Clips as a list are fine for transform, whatever their length; rows of a 2-D
     # array are clips like any other.
-    assert est.transform(X[:2]).shape == (2, 32)
+    assert est.transform(X[:2]).shape == (2, 64)  # [pretrained, tuned]
     np.testing.assert_allclose(est.transform(list(X2d[:3])), est.transform(X2d[:3]),
                                rtol=1e-5, atol=1e-6)
     est.fit(X, y)  # a list: n_features_in_ means nothing and is removed

@@ -247,7 +247,7 @@ def test_a_pipeline_ending_in_the_linear_head_round_trips(head_pipeline, sines, 
     assert head.get_params()["optimizer"] is torch.optim.AdamW
     assert_array_equal(head.classes_, original.classes_)
     assert head.classes_.dtype == original.classes_.dtype
-    assert head.n_features_in_ == original.n_features_in_ == 32
+    assert head.n_features_in_ == original.n_features_in_ == 64  # [pretrained, tuned]
     assert head.history_[:, "train_loss"] == original.history_[:, "train_loss"]
     assert head.device_ == original.device_
     # The loaded head trains on like any fitted head (a fresh optimizer state).

@@ -412,7 +412,8 @@ def test_property_transform_and_predict_on_hostile_clips(fitted_pairtune, fitted
         Z = check_hostile_clips(clips, rate, fitted_pairtune.transform,
                                 "PairTune.transform: hostile clip lists")
         if Z is not None:
-            assert Z.shape == (len(clips), 32) and Z.dtype == np.float32
+            # [pretrained, tuned] (include_pretrained): twice the encoder's 32.
+            assert Z.shape == (len(clips), 64) and Z.dtype == np.float32
             assert np.all(np.isfinite(Z))
         proba = check_hostile_clips(clips, rate, fitted_finetune.predict_proba,
                                     "FineTune.predict_proba: hostile clip lists")
@@ -482,7 +483,8 @@ def test_property_fit_on_hostile_clips_and_labels(tiny_whisper_encoder_dir, esti
         return
     assert kind == "ok", value
     Z = est.transform(clips)
-    assert Z.shape == (len(clips), 32) and Z.dtype == np.float32 and np.all(np.isfinite(Z))
+    width = 64 if estimator == "pairtune" else 32  # PairTune: [pretrained, tuned]
+    assert Z.shape == (len(clips), width) and Z.dtype == np.float32 and np.all(np.isfinite(Z))
     if estimator == "finetune":
         assert set(est.predict(clips)) <= set(y.tolist())
 
