@@ -22,6 +22,7 @@ import torch
 from ._device import autocast
 from ._memory import MemoryKeeper, release_free_memory
 from ._pooling import length_batches, masked_mean, prepare_clip
+from ._threads import batch_threads, invariant_inference
 from .backbones._base import batch_to
 
 # Featurized batches waiting for the encoder: enough to ride out an uneven file read,
@@ -40,7 +41,8 @@ class _Chunk:
 
 
 def _produce(load_chunk, clips, chunk_size, backbone, max_samples, batch_size, out, stop):
-    """Fill ``out`` with ``_Chunk`` markers and ``(window indices, batch)`` pairs."""
+    """Fill ``out`` with ``_Chunk`` markers and ``(window indices, batch, rows)`` items
+    (``rows``: clips x encoder frames, what :func:`batch_threads` reads)."""
 
     def put(item):
         while not stop.is_set():
@@ -69,9 +71,12 @@ def _produce(load_chunk, clips, chunk_size, backbone, max_samples, batch_size, o
             batches = length_batches([len(w) for w in items], batch_size,
                                      exact_length=not backbone.padding_invariant)
             for idx in batches:
+                windows = [items[i] for i in idx]
                 with torch.inference_mode():
-                    batch = backbone.featurize([items[i] for i in idx])
-                if not put((idx, batch)):
+                    batch = backbone.featurize(windows)
+                rows = len(idx) * backbone.encoder_frames(max(len(w) for w in windows))
+                del windows
+                if not put((idx, batch, rows)):
                     return
         put(_DONE)
     except BaseException as exc:  # handed to the caller's thread, raised there
@@ -99,7 +104,8 @@ def embed_stream(backbone, clips, *, load_chunk, chunk_size, layer, batch_size,
         Window length; longer clips are split and their windows' embeddings averaged.
     threads : ThreadPolicy or None
         Its :meth:`~skaudio_confit._threads.ThreadPolicy.update` is called between
-        batches (the caller enters it).
+        batches (the caller enters it). The result does not depend on the thread
+        count (:func:`~skaudio_confit._threads.invariant_inference`).
 
     Returns
     -------
@@ -126,7 +132,8 @@ def embed_stream(backbone, clips, *, load_chunk, chunk_size, layer, batch_size,
 
     producer.start()
     try:
-        with torch.inference_mode(), autocast(device):
+        with torch.inference_mode(), autocast(device), invariant_inference(
+                backbone, None if threads is None else threads.steady_threads):
             while True:
                 item = handoff.get()
                 if item is _DONE:
@@ -142,9 +149,10 @@ def embed_stream(backbone, clips, *, load_chunk, chunk_size, layer, batch_size,
                     continue
                 if threads is not None:
                     threads.update()
-                idx, batch = item
-                hidden, frame_mask = backbone(batch_to(batch, device), layer)
-                pooled = masked_mean(hidden.float(), frame_mask).cpu().numpy()
+                idx, batch, rows = item
+                with batch_threads(rows):
+                    hidden, frame_mask = backbone(batch_to(batch, device), layer)
+                    pooled = masked_mean(hidden.float(), frame_mask).cpu().numpy()
                 np.add.at(sums, chunk.owners[idx], pooled)
                 del hidden, frame_mask, batch
                 memory.check()
