@@ -152,7 +152,9 @@ class AudioEncoderMixin:
         The input is read, resampled and featurized in chunks of ``_STREAM_CLIPS``
         clips by a background thread while this one runs the encoder
         (:mod:`._inference`), so memory stays flat however many clips (or files) ``X``
-        holds; torch's threads follow ``n_threads`` (:mod:`._threads`).
+        holds; torch's threads follow ``n_threads`` (:mod:`._threads`: with None, at
+        most torch's setting, fewer while other processes hold cores; the embeddings
+        do not depend on the count).
         """
         from tqdm.auto import tqdm
 
@@ -172,7 +174,7 @@ class AudioEncoderMixin:
                                   target_rate=backbone.sampling_rate, first_index=first_index)
 
         with tqdm(total=len(clips), desc="embed", unit="clip", disable=not self.verbose,
-                  leave=False) as bar, thread_policy(self.n_threads) as threads:
+                  leave=False) as bar, thread_policy(self.n_threads, inference=True) as threads:
             return embed_stream(
                 backbone, clips, load_chunk=load_chunk, chunk_size=_STREAM_CLIPS,
                 layer=self._layer_of(backbone), batch_size=self.batch_size,
@@ -354,11 +356,14 @@ class AudioEncoderMixin:
 
     def _embed_waves(self, backbone, waves, device, progress=None):
         backbone.to(device)
-        # Torch threads follow n_threads and the Dask/loky worker's budget.
-        with thread_policy(self.n_threads):
+        # Torch threads follow n_threads and the Dask/loky worker's budget; as in
+        # transform, None follows the load here (at most the training's count), since
+        # the embeddings do not depend on the thread count.
+        with thread_policy(self.n_threads, inference=True) as threads:
             return embed_waveforms(
                 backbone, waves, layer=self._layer_of(backbone), batch_size=self.batch_size,
                 max_samples=self._window_samples(backbone), device=device, progress=progress,
+                threads=threads,
             )
 
     def _split_validation(self, n_clips, codes, rng):

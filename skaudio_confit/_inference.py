@@ -7,8 +7,10 @@ windows by length into batches and runs the backbone's front end on each batch
 thread runs the encoder on them, so reading and the front end overlap with the
 encoder: file reads (which wait on the disk, not the CPU) always, computation where
 a core is left over (when the encoder's threads take every core, the two share them).
-Memory stays flat: at most one chunk of waveforms and a few featurized
-batches are alive, and per-window results are folded into the output as they come.
+Memory stays flat: at most one chunk of waveforms (each batch's samples are dropped
+once featurized) and a few featurized batches are alive, per-window results are
+folded into the output as they come, and a chunk's rows are written (and freed memory
+handed back to the system) as soon as its last batch is encoded.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from ._device import autocast
 from ._memory import MemoryKeeper, release_free_memory
 from ._pooling import length_batches, masked_mean, prepare_clip
+from ._threads import batch_threads, invariant_inference
 from .backbones._base import batch_to
 
 # Featurized batches waiting for the encoder: enough to ride out an uneven file read,
@@ -39,8 +42,13 @@ class _Chunk:
         self.owners = owners  # chunk-relative clip index of each window
 
 
+_END = object()  # after a chunk's last batch
+
+
 def _produce(load_chunk, clips, chunk_size, backbone, max_samples, batch_size, out, stop):
-    """Fill ``out`` with ``_Chunk`` markers and ``(window indices, batch)`` pairs."""
+    """Fill ``out`` with, per chunk, a ``_Chunk`` marker, ``(window indices, batch,
+    rows)`` items (``rows``: clips x encoder frames, what :func:`batch_threads` reads)
+    and ``_END``."""
 
     def put(item):
         while not stop.is_set():
@@ -69,10 +77,17 @@ def _produce(load_chunk, clips, chunk_size, backbone, max_samples, batch_size, o
             batches = length_batches([len(w) for w in items], batch_size,
                                      exact_length=not backbone.padding_invariant)
             for idx in batches:
+                windows = [items[i] for i in idx]
+                for i in idx:  # the batch's samples are not needed once featurized
+                    items[i] = None
                 with torch.inference_mode():
-                    batch = backbone.featurize([items[i] for i in idx])
-                if not put((idx, batch)):
+                    batch = backbone.featurize(windows)
+                rows = len(idx) * backbone.encoder_frames(max(len(w) for w in windows))
+                del windows
+                if not put((idx, batch, rows)):
                     return
+            if not put(_END):
+                return
         put(_DONE)
     except BaseException as exc:  # handed to the caller's thread, raised there
         put(exc)
@@ -99,7 +114,8 @@ def embed_stream(backbone, clips, *, load_chunk, chunk_size, layer, batch_size,
         Window length; longer clips are split and their windows' embeddings averaged.
     threads : ThreadPolicy or None
         Its :meth:`~skaudio_confit._threads.ThreadPolicy.update` is called between
-        batches (the caller enters it).
+        batches (the caller enters it). The result does not depend on the thread
+        count (:func:`~skaudio_confit._threads.invariant_inference`).
 
     Returns
     -------
@@ -126,25 +142,28 @@ def embed_stream(backbone, clips, *, load_chunk, chunk_size, layer, batch_size,
 
     producer.start()
     try:
-        with torch.inference_mode(), autocast(device):
+        with torch.inference_mode(), autocast(device), invariant_inference(
+                backbone, None if threads is None else threads.steady_threads):
             while True:
                 item = handoff.get()
                 if item is _DONE:
                     break
                 if isinstance(item, BaseException):
                     raise item
+                if item is _END:
+                    finish(chunk)
+                    continue
                 if isinstance(item, _Chunk):
-                    if chunk is not None:
-                        finish(chunk)
                     chunk, shown = item, 0
                     sums = np.zeros((chunk.n_clips, backbone.hidden_size))
                     counts = np.bincount(chunk.owners, minlength=chunk.n_clips)
                     continue
                 if threads is not None:
                     threads.update()
-                idx, batch = item
-                hidden, frame_mask = backbone(batch_to(batch, device), layer)
-                pooled = masked_mean(hidden.float(), frame_mask).cpu().numpy()
+                idx, batch, rows = item
+                with batch_threads(rows):
+                    hidden, frame_mask = backbone(batch_to(batch, device), layer)
+                    pooled = masked_mean(hidden.float(), frame_mask).cpu().numpy()
                 np.add.at(sums, chunk.owners[idx], pooled)
                 del hidden, frame_mask, batch
                 memory.check()
@@ -152,8 +171,6 @@ def embed_stream(backbone, clips, *, load_chunk, chunk_size, layer, batch_size,
                     step = min(len(idx), chunk.n_clips - shown)
                     progress.update(step)
                     shown += step
-        if chunk is not None:
-            finish(chunk)
     finally:
         stop.set()
         producer.join()

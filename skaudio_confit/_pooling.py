@@ -7,6 +7,7 @@ import torch
 
 from ._windows import pad_to_length, split_windows
 from ._device import autocast
+from ._threads import batch_threads, invariant_inference
 from .backbones._base import batch_to
 
 
@@ -42,13 +43,17 @@ def prepare_clip(wave, backbone, max_samples):
 
 
 def embed_waveforms(
-    backbone, waves, *, layer=-1, batch_size=32, max_samples=None, device=None, progress=None
+    backbone, waves, *, layer=-1, batch_size=32, max_samples=None, device=None, progress=None,
+    threads=None,
 ):
     """Mean-pooled embeddings of ``waves``, one row per clip, independent of batching.
 
     Clips longer than ``max_samples`` are split into windows whose embeddings are
     averaged. Windows are batched by length so that padding is minimal, and padded
-    frames never enter the mean.
+    frames never enter the mean. The result does not depend on torch's thread count
+    (:func:`~skaudio_confit._threads.invariant_inference`); ``threads``, a
+    :class:`~skaudio_confit._threads.ThreadPolicy` entered by the caller, is updated
+    between batches.
 
     Returns
     -------
@@ -67,11 +72,17 @@ def embed_waveforms(
     was_training = backbone.training
     backbone.eval()
     try:
-        with torch.inference_mode(), autocast(device):
+        with torch.inference_mode(), autocast(device), invariant_inference(
+                backbone, None if threads is None else threads.steady_threads):
             for idx in batches:
-                batch = batch_to(backbone.featurize([items[i] for i in idx]), device)
-                hidden, frame_mask = backbone(batch, layer)
-                pooled[idx] = masked_mean(hidden.float(), frame_mask).cpu().numpy()
+                if threads is not None:
+                    threads.update()
+                windows = [items[i] for i in idx]
+                batch = batch_to(backbone.featurize(windows), device)
+                rows = len(idx) * backbone.encoder_frames(max(len(w) for w in windows))
+                with batch_threads(rows):
+                    hidden, frame_mask = backbone(batch, layer)
+                    pooled[idx] = masked_mean(hidden.float(), frame_mask).cpu().numpy()
                 if progress is not None:
                     progress.update(len(idx))
     finally:

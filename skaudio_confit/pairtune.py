@@ -155,12 +155,16 @@ class PairTuneTransformer(
     device : str, default="auto"
         "auto" (CUDA if available, with bf16 autocast; else CPU), "cpu", "cuda:N".
     n_threads : int, "auto" or None, default=None
-        torch intra-op threads in ``fit``, ``transform`` and ``predict``. "auto" uses
-        the cores other processes leave idle, re-measured every half second (on a busy
-        machine fewer threads are faster: threads waiting for a shared core stall
-        each other), at the cost of bit-identical reruns (the thread count changes how
-        float sums are split); an int is used as given; None (the default, which keeps
-        results reproducible) keeps ``torch.get_num_threads()``.
+        torch intra-op threads in ``fit``, ``transform`` and ``predict``. None (the
+        default): training steps run on ``torch.get_num_threads()`` threads, fixed for
+        the whole fit, so that the same ``random_state`` gives the same bits;
+        inference (``transform``, ``predict*``, ``decision_function``, ``score`` and
+        the embeddings scored during ``fit``) uses at most that many and fewer while
+        other processes hold cores (on a busy machine fewer threads are faster:
+        threads waiting for a shared core stall each other), which leaves its results
+        unchanged (docs: Speed and memory). "auto": the cores other processes leave
+        idle, re-measured every half second, in training too (faster on a busy
+        machine, but reruns may differ in the last bits). An int is used as given.
         Inside a Dask or joblib worker the worker's share of the cores caps it.
         torch's setting is restored afterwards.
     random_state : int, RandomState instance or None, default=None

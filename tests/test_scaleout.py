@@ -128,8 +128,14 @@ def _record_threads(monkeypatch):
 
 def test_main_process_fit_with_n_threads_none_leaves_torch_alone(tiny_whisper_encoder_dir,
                                                                    monkeypatch):
+    from skaudio_confit import _threads
+
     X, y = make_class_sines(n_per_class=4)
     seen = _record_threads(monkeypatch)
+    # An idle machine with 4 usable cores: inference under None may follow the load,
+    # but never above the user's setting.
+    monkeypatch.setattr(_threads, "_runnable_elsewhere", lambda: 0)
+    monkeypatch.setattr(_threads, "_usable_cores", lambda: 4)
     with torch_threads(2):  # what the user set
         PairTuneTransformer(tiny_whisper_encoder_dir, n_threads=None,
                             **PAIRTUNE).fit(X, y).transform(X)

@@ -177,6 +177,35 @@ def test_stream_progress_counts_every_clip(tiny_whisper_encoder_dir):
     assert bar.n == len(X)  # windows are not counted twice
 
 
+def test_stream_holds_python_memory_independent_of_the_clip_count(tiny_whisper_encoder_dir):
+    # Files are read chunk by chunk: apart from the output (one row per clip), the
+    # Python allocations alive at the peak (numpy waveforms, batches) must not grow
+    # with the number of clips. load_chunk returns fresh copies, as reading files does.
+    import tracemalloc
+
+    backbone = load_backbone(tiny_whisper_encoder_dir)
+    rng = np.random.default_rng(0)
+    pool = [rng.standard_normal(int(n)).astype(np.float32)
+            for n in rng.integers(1600, 8000, size=40)]
+
+    def peak(n_clips):
+        clips = [pool[i % len(pool)] for i in range(n_clips)]
+        tracemalloc.start()
+        try:
+            embed_stream(backbone, clips, load_chunk=lambda c, i: [w.copy() for w in c],
+                         chunk_size=40, layer=1, batch_size=8, max_samples=None,
+                         device=torch.device("cpu"))
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    one_chunk_samples = sum(w.nbytes for w in pool)
+    small, large = peak(40), peak(400)
+    output_growth = (400 - 40) * backbone.hidden_size * 4
+    # One chunk of waveforms is ~0.9 MB here; keeping them all would add ~8 MB.
+    assert large - small < output_growth + one_chunk_samples
+
+
 def test_memory_keeper_trims_only_past_its_threshold(monkeypatch):
     from skaudio_confit import _memory
 

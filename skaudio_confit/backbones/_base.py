@@ -96,6 +96,10 @@ class AudioBackbone(nn.Module):
         """
         raise NotImplementedError
 
+    def encoder_frames(self, n_samples):
+        """Frames the transformer layers see for a (padded) clip of ``n_samples`` samples."""
+        raise NotImplementedError
+
     def front_end_frozen(self):
         """Whether :meth:`front_features` stays fixed while training (may be cached).
 

@@ -83,6 +83,9 @@ class Wav2Vec2FamilyBackbone(AudioBackbone):
             values[i, : len(w)] = w
         return {"input_values": torch.from_numpy(values), "lengths": torch.tensor(lengths)}
 
+    def encoder_frames(self, n_samples):
+        return int(self.model._get_feat_extract_output_lengths(torch.tensor(int(n_samples))))
+
     def front_end_frozen(self):
         # The conv feature encoder, once frozen, is a fixed function of the clip. Its
         # zero-padded per-clip output equals the batched forward only where padded

@@ -107,6 +107,10 @@ class WhisperEncoderBackbone(AudioBackbone):
             features = ((log_spec + 4.0) / 4.0).float() * real
         return {"input_features": features, "lengths": lengths}
 
+    def encoder_frames(self, n_samples):
+        # One log-mel frame per hop, halved by conv2's stride (as in forward).
+        return (int(n_samples) // _HOP + 1) // 2
+
     def _stem_frozen(self):
         return not any(p.requires_grad for p in self.feature_encoder().parameters())
 
