@@ -34,6 +34,9 @@ class SideBySideBackbones(nn.Module):
     def featurize(self, waves):
         return self.second.featurize(waves)
 
+    def encoder_frames(self, n_samples):
+        return self.second.encoder_frames(n_samples)
+
     def forward(self, batch, layer=-1):
         first, _ = self.first(batch, layer)
         second, frame_mask = self.second(batch, layer)
