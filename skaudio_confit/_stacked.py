@@ -30,6 +30,9 @@ class SideBySideBackbones(nn.Module):
         self.num_layers = second.num_layers
         self.min_samples = max(first.min_samples, second.min_samples)
         self.padding_invariant = first.padding_invariant and second.padding_invariant
+        # A new Module starts in training mode; callers restore the mode they found,
+        # which must be the encoders' (eval for a fitted model), not this default.
+        self.training = second.training
 
     def featurize(self, waves):
         return self.second.featurize(waves)

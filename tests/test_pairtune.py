@@ -136,10 +136,13 @@ def test_projection_head_is_dropped(whisper_dir, fitted):
     # The encoder itself was trained ...
     tuned, pretrained = state_arrays(fitted.backbone_), state_arrays(fresh)
     assert any(not np.array_equal(tuned[k], pretrained[k]) for k in tuned)
-    # ... and no other module (head, optimiser) is kept on the estimator.
+    # ... and no other module (head, optimiser) is kept on the estimator: only the
+    # pretrained copy that include_pretrained (the default) asks for, untouched.
     modules = [k for k, v in vars(fitted).items() if isinstance(v, torch.nn.Module)]
-    assert modules == ["backbone_"]
-    assert not fitted.backbone_.training
+    assert modules == ["backbone_", "pretrained_backbone_"]
+    kept = state_arrays(fitted.pretrained_backbone_)
+    assert all(np.array_equal(kept[k], pretrained[k]) for k in pretrained)
+    assert not fitted.backbone_.training and not fitted.pretrained_backbone_.training
 
 
 def test_each_fit_starts_from_the_pretrained_weights(whisper_dir, data):
@@ -303,8 +306,9 @@ def test_invalid_parameters_raise_value_error(whisper_dir, data, params, match):
 def test_failed_fit_leaves_a_fitted_estimator_as_it_was(fitted, data):
     X, y = data
     Z = fitted.transform(X)
-    before = {k: copy.deepcopy(v) for k, v in vars(fitted).items() if k != "backbone_"}
-    weights = state_arrays(fitted.backbone_)
+    encoders = ("backbone_", "pretrained_backbone_")
+    before = {k: copy.deepcopy(v) for k, v in vars(fitted).items() if k not in encoders}
+    weights = {name: state_arrays(getattr(fitted, name)) for name in encoders}
     nan_clip = X[0].copy()
     nan_clip[10] = np.nan
     failures = [
@@ -324,12 +328,13 @@ def test_failed_fit_leaves_a_fitted_estimator_as_it_was(fitted, data):
     with pytest.raises(FloatingPointError, match="lower learning_rate"):
         fitted.set_params(learning_rate=1e10, epochs=3).fit(X, y)
     fitted.set_params(learning_rate=lr, epochs=FAST["epochs"])
-    after = {k: v for k, v in vars(fitted).items() if k != "backbone_"}
+    after = {k: v for k, v in vars(fitted).items() if k not in encoders}
     assert after.keys() == before.keys()
     for key, value in before.items():
         assert np.array_equal(after[key], value) if isinstance(value, np.ndarray) else after[key] == value
-    after_weights = state_arrays(fitted.backbone_)
-    assert all(np.array_equal(after_weights[k], w) for k, w in weights.items())
+    for name in encoders:
+        after_weights = state_arrays(getattr(fitted, name))
+        assert all(np.array_equal(after_weights[k], w) for k, w in weights[name].items())
     np.testing.assert_array_equal(fitted.transform(X), Z)
 
 

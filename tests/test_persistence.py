@@ -19,6 +19,7 @@ import torch
 from conftest import make_class_sines
 from huggingface_hub import ModelCard
 from numpy.testing import assert_array_equal
+from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -214,14 +215,19 @@ def test_format_1_fixture_with_a_newer_version_is_refused(tmp_path):
         PairTuneTransformer.load(tmp_path / "m")
 
 
-def test_a_new_save_writes_the_format_1_manifest_entries(pairtune, tmp_path):
+def test_a_new_save_writes_the_format_1_manifest_entries(pairtune, sines, tmp_path):
     """Readers of format 1 find every entry they read, with the same meaning."""
-    pairtune.save(tmp_path)
-    new, old = read_json(tmp_path / MANIFEST), read_json(FORMAT1 / MANIFEST)
-    # A save without a pretrained copy stays format 1, so older releases read it.
-    assert new["format_version"] == old["format_version"] == 1
-    assert set(old) <= set(new)
-    assert set(old["weights"]) <= set(new["weights"])
+    tuned_only = clone(pairtune).set_params(include_pretrained=False).fit(*sines)
+    tuned_only.save(tmp_path / "tuned")
+    pairtune.save(tmp_path / "both")  # the default keeps the pretrained copy
+    old = read_json(FORMAT1 / MANIFEST)
+    for name, version in (("tuned", 1), ("both", 2)):
+        new = read_json(tmp_path / name / MANIFEST)
+        # Without a pretrained copy a save stays format 1, so older releases read it;
+        # with one it is format 2, which they refuse with "upgrade the package".
+        assert new["format_version"] == version and old["format_version"] == 1
+        assert set(old) <= set(new)
+        assert set(old["weights"]) <= set(new["weights"])
 
 
 # --------------------------------------------------------------------------------------
@@ -351,7 +357,7 @@ def test_save_pipeline_writes_the_card_of_the_whole_pipeline(head_pipeline, tmp_
                                    "LinearHeadClassifier"}
     assert "PairTuneTransformer + StandardScaler + LinearHeadClassifier" in card.text
     assert "load_pipeline('pipe')" in card.text
-    assert "| `clf` | LinearHeadClassifier | 32 input features; 3 classes |" in card.text
+    assert "| `clf` | LinearHeadClassifier | 64 input features; 3 classes |" in card.text
     assert '"optimizer": "torch.optim.adamw.AdamW"' in card.text
     assert '"module": "skaudio_confit.heads.LinearHead"' in card.text
 
