@@ -1014,4 +1014,4 @@ def test_bundled_backbone_never_touches_the_network(tmp_path):
     result = run_isolated(BUNDLED_SCRIPT, "none", {"HF_HOME": str(tmp_path / "hf")})
     COUNTS["offline: bundled default, network refused"] += 1
     assert result["ok"] and result["finite"], result
-    assert result["shape"] == [6, 384]
+    assert result["shape"] == [6, 2 * 384]  # [pretrained, tuned], the default
