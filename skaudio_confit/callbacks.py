@@ -79,7 +79,11 @@ class TrainingState:
         return self._embed(waves)
 
     def train_embeddings(self):
-        """Embeddings of the training clips by the current weights (computed once per epoch)."""
+        """Embeddings of the training clips by the current weights (computed once per epoch).
+
+        The encoder being trained only: without PairTune's pretrained half
+        (``include_pretrained``), which no epoch changes.
+        """
         if "train" not in self._cache:
             self._cache["train"] = self.embed(self.train_waves)
         return self._cache["train"]

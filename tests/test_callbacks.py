@@ -62,7 +62,8 @@ def test_load_best_restores_the_pretrained_weights_when_epoch_0_is_best(
         tiny_whisper_encoder_dir, data):
     X, y = data
     keep = EarlyStopping("scripted", patience=None, score_pretrained=True)
-    model = PairTuneTransformer(tiny_whisper_encoder_dir, **PAIRTUNE,
+    # The tuned encoder alone, to compare its weights with the pretrained ones.
+    model = PairTuneTransformer(tiny_whisper_encoder_dir, **PAIRTUNE, include_pretrained=False,
                                 callbacks=[Scripted([1.0, 0.1, 0.2]), keep]).fit(X, y)
     assert [r["epoch"] for r in model.history_] == [0, 1, 2]
     assert model.history_[0]["loss"] is None and model.history_[0]["steps"] == 0
@@ -91,8 +92,10 @@ def test_epoch_scoring_records_a_probe_score_per_epoch(tiny_whisper_encoder_dir,
     X, y = data
     X_val, y_val = make_class_sines(n_per_class=3, seed=5)
     probe = LogisticRegression(max_iter=500)
-    model = PairTuneTransformer(tiny_whisper_encoder_dir, **PAIRTUNE, callbacks=[
-        EpochScoring(probe, name="lr", score_pretrained=True)])
+    # Per-epoch embeddings are the tuned encoder's (no pretrained half), as transform
+    # returns them with include_pretrained=False.
+    model = PairTuneTransformer(tiny_whisper_encoder_dir, **PAIRTUNE, include_pretrained=False,
+                                callbacks=[EpochScoring(probe, name="lr", score_pretrained=True)])
     model.fit(X, y, validation_data=(X_val, y_val))
     assert [r["epoch"] for r in model.history_] == [0, 1, 2]
     # The last record is the probe fitted on the final embeddings of the training clips.

@@ -570,7 +570,7 @@ def test_load_pipeline_validates_its_scikit_learn_steps(pairtunes, sines, tmp_pa
         "scaler-width": (lambda m: step("scale")(m)["fitted"]["mean_"].update(
             __ndarray__=[0.0] * 3), "mean_ has shape"),
         "scaler-zero-scale": (lambda m: step("scale")(m)["fitted"]["scale_"].update(
-            __ndarray__=[0.0] * 32), "scale_ must be positive"),
+            __ndarray__=[0.0] * 64), "scale_ must be positive"),
         "steps-empty": (lambda m: m.update(steps=[]), "not a valid pipeline manifest"),
         "name-with-dunder": (lambda m: step("clf")(m).update(name="a__b"),
                              "not a valid pipeline manifest"),
@@ -607,7 +607,8 @@ def test_load_pipeline_validates_a_linear_head(pairtunes, sines, tmp_path):
         "classes-one": (lambda m: clf(m)["fitted"]["classes_"].update(__ndarray__=[0]),
                         "classes_ must be a 1-D array of at least 2"),
         "width": (lambda m: clf(m)["fitted"].update(n_features_in_=31),
-                  "n_features_in_ is 31, but it receives 32 features"),
+                  # PairTune's [pretrained, tuned]: twice the encoder's 32 features
+                  "n_features_in_ is 31, but it receives 64 features"),
         "history": (lambda m: clf(m)["fitted"].update(history_=5),
                     "history_ must be a list"),
         "optimizer-import": (lambda m: clf(m)["params"].update(

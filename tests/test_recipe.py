@@ -135,6 +135,7 @@ def test_keep_best_ends_at_the_best_epoch(tiny_whisper_encoder_dir, data, monkey
 
     monkeypatch.setattr(PairTuneTransformer, "_validation_score", scripted)
     model = PairTuneTransformer(tiny_whisper_encoder_dir, **{**PAIRTUNE, "epochs": 3},
+                                include_pretrained=False,  # the tuned weights alone
                                 validation_fraction=0.5, keep_best=True).fit(X, y)
     assert len(calls) == 4
     pretrained = PairTuneTransformer(tiny_whisper_encoder_dir, **{**PAIRTUNE, "epochs": 0})

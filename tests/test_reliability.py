@@ -609,9 +609,11 @@ def test_a_bad_file_in_fit_names_the_file(tiny_whisper_encoder_dir, sines, tmp_p
 
 def snapshot(est):
     """Everything observable about a fitted estimator, to compare bit for bit."""
-    state = {k: copy.deepcopy(v) for k, v in vars(est).items() if k != "backbone_"}
-    weights = {k: v.detach().cpu().numpy().copy()
-               for k, v in est.backbone_.model.state_dict().items()}
+    encoders = ("backbone_", "pretrained_backbone_")  # compared by their weights
+    state = {k: copy.deepcopy(v) for k, v in vars(est).items() if k not in encoders}
+    weights = {f"{name}.{k}": v.detach().cpu().numpy().copy()
+               for name in encoders if hasattr(est, name)
+               for k, v in getattr(est, name).model.state_dict().items()}
     return state, weights, est.get_params()
 
 
