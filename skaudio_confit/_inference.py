@@ -23,7 +23,7 @@ import torch
 
 from ._device import autocast
 from ._memory import MemoryKeeper, release_free_memory
-from ._pooling import length_batches, masked_mean, prepare_clip
+from ._pooling import encoder_rows, length_batches, masked_mean, prepare_clip
 from ._threads import batch_threads, invariant_inference
 from .backbones._base import batch_to
 
@@ -82,7 +82,7 @@ def _produce(load_chunk, clips, chunk_size, backbone, max_samples, batch_size, o
                     items[i] = None
                 with torch.inference_mode():
                     batch = backbone.featurize(windows)
-                rows = len(idx) * backbone.encoder_frames(max(len(w) for w in windows))
+                rows = encoder_rows(backbone, windows)
                 del windows
                 if not put((idx, batch, rows)):
                     return

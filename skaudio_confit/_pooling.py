@@ -42,6 +42,12 @@ def prepare_clip(wave, backbone, max_samples):
     return split_windows(wave, max(max_samples, backbone.min_samples))
 
 
+def encoder_rows(backbone, windows):
+    """Rows the transformer layers see for a batch of ``windows`` (clips x encoder
+    frames of the longest): what :func:`~skaudio_confit._threads.batch_threads` reads."""
+    return len(windows) * backbone.encoder_frames(max(len(w) for w in windows))
+
+
 def embed_waveforms(
     backbone, waves, *, layer=-1, batch_size=32, max_samples=None, device=None, progress=None,
     threads=None,
@@ -79,8 +85,7 @@ def embed_waveforms(
                     threads.update()
                 windows = [items[i] for i in idx]
                 batch = batch_to(backbone.featurize(windows), device)
-                rows = len(idx) * backbone.encoder_frames(max(len(w) for w in windows))
-                with batch_threads(rows):
+                with batch_threads(encoder_rows(backbone, windows)):
                     hidden, frame_mask = backbone(batch, layer)
                     pooled[idx] = masked_mean(hidden.float(), frame_mask).cpu().numpy()
                 if progress is not None:

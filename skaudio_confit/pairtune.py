@@ -327,8 +327,10 @@ class PairTuneTransformer(
         backbone, _, classes, history = self._fit_encoder(
             X, y, validation_data=validation_data, desc="PairTune")
         pretrained = None
-        if self.include_pretrained and classes is not None and self.epochs > 0:
-            with forked_torch_rng():  # loading must not draw from the caller's stream
+        if self.include_pretrained and self.epochs > 0:
+            # Loaded again rather than copied before training, so that training holds
+            # one encoder in memory; loading must not draw from the caller's stream.
+            with forked_torch_rng():
                 pretrained = self._pretrained_backbone().eval()
         # Fitted state is set only now, so a failed fit leaves a fitted model as it was.
         self.backbone_ = backbone
