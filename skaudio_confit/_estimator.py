@@ -182,13 +182,15 @@ class AudioEncoderMixin:
                 threads=threads, progress=bar,
             )
 
-    def _fit_encoder(self, X, y, *, validation_data, desc):
+    def _fit_encoder(self, X, y, *, validation_data, desc, beside=None):
         """Load input and the pretrained backbone, then train under ``_make_objective``.
 
         The validation clips are ``validation_data`` if given, else a
-        ``validation_fraction`` of ``X``. Returns ``(backbone, objective, classes,
-        history)``; nothing is stored on ``self``, so that a failed fit leaves a
-        fitted estimator intact.
+        ``validation_fraction`` of ``X``. ``beside`` (a :class:`._stacked.FixedBeside`)
+        puts a fixed encoder's embeddings before the trained one's in what callbacks
+        and the validation score see, as ``transform`` will. Returns ``(backbone,
+        objective, classes, history)``; nothing is stored on ``self``, so that a failed
+        fit leaves a fitted estimator intact.
         """
         self._validate_params()
         as_clip_list(X)  # input-kind errors before the (slower) backbone load
@@ -232,11 +234,13 @@ class AudioEncoderMixin:
                                                                   backbone)
             elif valid_idx is not None:
                 valid_waves, valid_codes = [waves[i] for i in valid_idx], codes[valid_idx]
+            def embed(clips):
+                return self._embed_waves(backbone, clips, device)
+
             state = TrainingState(
                 backbone=backbone, objective=objective, classes=classes,
                 train_waves=train_waves, train_codes=train_codes, valid_waves=valid_waves,
-                valid_codes=valid_codes,
-                embed=lambda clips: self._embed_waves(backbone, clips, device),
+                valid_codes=valid_codes, embed=embed if beside is None else beside.wrap(embed),
             )
             history = self._train(state, seed=seed, rng=rng, device=device,
                                   desc=self._fit_label(desc, len(train_waves)))

@@ -9,6 +9,7 @@ read and featurized once.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -44,3 +45,45 @@ class SideBySideBackbones(nn.Module):
         first, _ = self.first(batch, layer)
         second, frame_mask = self.second(batch, layer)
         return torch.cat([first, second], dim=-1), frame_mask
+
+
+class FixedBeside:
+    """Embed clips as ``[fixed, trained]``, the fixed encoder's half computed once.
+
+    During a fit, callbacks and the validation score read the features ``transform``
+    will return. With PairTune's ``include_pretrained`` that is the pretrained copy's
+    embedding beside the tuned one; the copy never changes, so each list of clips
+    (the training clips, the validation clips) is embedded by it once per fit, and
+    the copy is loaded only when something asks for embeddings.
+
+    Parameters
+    ----------
+    load : callable
+        ``load() -> AudioBackbone``: the fixed encoder, called at most once.
+    embed : callable
+        ``embed(backbone, waves) -> ndarray``: pooled embeddings of ``waves``.
+    """
+
+    def __init__(self, load, embed):
+        self._load = load
+        self._embed = embed
+        self._backbone = None
+        self._fixed = {}  # id(waves) -> (waves, embeddings); waves held so ids stay unique
+
+    @property
+    def backbone(self):
+        """The fixed encoder, loaded on first use."""
+        if self._backbone is None:
+            self._backbone = self._load()
+        return self._backbone
+
+    def wrap(self, embed_trained):
+        """``embed_trained`` with the fixed encoder's embeddings put first."""
+
+        def embed(waves):
+            key = id(waves)
+            if key not in self._fixed:
+                self._fixed[key] = (waves, self._embed(self.backbone, waves))
+            return np.concatenate([self._fixed[key][1], embed_trained(waves)], axis=1)
+
+        return embed

@@ -75,15 +75,16 @@ class TrainingState:
         return self.valid_waves is not None
 
     def embed(self, waves):
-        """Pooled embeddings of ``waves`` (clips at the backbone's rate) by the current weights."""
+        """Pooled embeddings of ``waves`` (clips at the backbone's rate) by the current weights.
+
+        The features ``transform`` would return now: with PairTune's
+        ``include_pretrained``, the pretrained copy's embedding (computed once per
+        list of clips, as no epoch changes it) beside the trained encoder's.
+        """
         return self._embed(waves)
 
     def train_embeddings(self):
-        """Embeddings of the training clips by the current weights (computed once per epoch).
-
-        The encoder being trained only: without PairTune's pretrained half
-        (``include_pretrained``), which no epoch changes.
-        """
+        """Embeddings of the training clips by the current weights (computed once per epoch)."""
         if "train" not in self._cache:
             self._cache["train"] = self.embed(self.train_waves)
         return self._cache["train"]

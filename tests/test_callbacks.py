@@ -92,9 +92,9 @@ def test_epoch_scoring_records_a_probe_score_per_epoch(tiny_whisper_encoder_dir,
     X, y = data
     X_val, y_val = make_class_sines(n_per_class=3, seed=5)
     probe = LogisticRegression(max_iter=500)
-    # Per-epoch embeddings are the tuned encoder's (no pretrained half), as transform
-    # returns them with include_pretrained=False.
-    model = PairTuneTransformer(tiny_whisper_encoder_dir, **PAIRTUNE, include_pretrained=False,
+    # With the default include_pretrained, the probe reads [pretrained, tuned], as
+    # transform returns them.
+    model = PairTuneTransformer(tiny_whisper_encoder_dir, **PAIRTUNE,
                                 callbacks=[EpochScoring(probe, name="lr", score_pretrained=True)])
     model.fit(X, y, validation_data=(X_val, y_val))
     assert [r["epoch"] for r in model.history_] == [0, 1, 2]
@@ -106,6 +106,50 @@ def test_epoch_scoring_records_a_probe_score_per_epoch(tiny_whisper_encoder_dir,
     assert not hasattr(probe, "coef_")  # the user's probe was cloned, not fitted
     with pytest.raises(ValueError, match="EpochScoring scores validation clips"):
         model.fit(X, y)
+
+
+class Grab(Callback):
+    """Keeps every epoch's training and validation embeddings (epoch 0 included)."""
+
+    score_pretrained = True
+
+    def __init__(self, sink):
+        self.sink = sink
+
+    def on_epoch_end(self, estimator, record, state):
+        self.sink.append((state.train_embeddings(), state.valid_embeddings()))
+
+
+def test_per_epoch_embeddings_carry_the_pretrained_half_computed_once(
+        tiny_whisper_encoder_dir, data, monkeypatch):
+    X, y = data
+    X_val, y_val = make_class_sines(n_per_class=3, seed=5)
+    loads = []
+    load = PairTuneTransformer._pretrained_backbone
+    monkeypatch.setattr(PairTuneTransformer, "_pretrained_backbone",
+                        lambda self: loads.append(1) or load(self))
+    seen = []
+    model = PairTuneTransformer(tiny_whisper_encoder_dir, **PAIRTUNE, callbacks=[Grab(seen)])
+    model.fit(X, y, validation_data=(X_val, y_val))
+    # One load to train, one for the pretrained half (the copy kept after the fit).
+    assert len(loads) == 2
+    frozen = PairTuneTransformer(tiny_whisper_encoder_dir, **{**PAIRTUNE, "epochs": 0}).fit(X, y)
+    width = frozen.transform(X[:1]).shape[1]
+    assert [train.shape for train, _ in seen] == [(len(X), 2 * width)] * 3
+    # Epoch 0: both halves are the pretrained encoder's; the first half never changes.
+    np.testing.assert_allclose(seen[0][0][:, :width], frozen.transform(X), atol=1e-6)
+    np.testing.assert_allclose(seen[0][0][:, width:], frozen.transform(X), atol=1e-6)
+    for train, valid in seen[1:]:
+        np.testing.assert_array_equal(train[:, :width], seen[0][0][:, :width])
+        np.testing.assert_array_equal(valid[:, :width], seen[0][1][:, :width])
+    # The last epoch's are what transform returns.
+    np.testing.assert_allclose(seen[-1][0], model.transform(X), atol=1e-6)
+    np.testing.assert_allclose(seen[-1][1], model.transform(X_val), atol=1e-6)
+    assert not np.allclose(seen[-1][0][:, width:], seen[0][0][:, width:])
+    # Without per-epoch embeddings, the copy is still loaded once, after training.
+    loads.clear()
+    model.set_params(callbacks=None).fit(X, y)
+    assert len(loads) == 2 and hasattr(model, "pretrained_backbone_")
 
 
 def test_fit_leaves_the_users_callbacks_unchanged(tiny_whisper_encoder_dir, data):
