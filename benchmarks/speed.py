@@ -281,14 +281,31 @@ def memory(args, tmp):
         path = Path(tmp) / f"clip{i:04d}.wav"
         sf.write(str(path), clip, int(rate))
         paths.append(str(path))
-    results = []
-    for n in args.memory_clips:
-        code = MEMORY_CHILD.format(root=str(ROOT), n=n)
-        out = subprocess.run([sys.executable, "-c", code, json.dumps(paths)],
-                             capture_output=True, text=True, check=True)
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(results[-1], flush=True)
+    results = [_memory_child(n, paths) for n in args.memory_clips]
     return results
+
+
+def memory_long_clips(args, tmp):
+    """The same measure on 5 s clips, where a chunk of waveforms is large."""
+    import soundfile as sf
+
+    waves, rate = uniform_clips(args.memory_long_files, seed=4)
+    paths = []
+    for i, wave in enumerate(waves):
+        path = Path(tmp) / f"long{i:04d}.wav"
+        sf.write(str(path), wave, int(rate))
+        paths.append(str(path))
+    return [_memory_child(args.memory_long_clips, paths)]
+
+
+def _memory_child(n, paths):
+    """Run ``MEMORY_CHILD`` on ``n`` clips drawn from ``paths`` in a fresh process."""
+    code = MEMORY_CHILD.format(root=str(ROOT), n=n)
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(paths)],
+                         capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(result, flush=True)
+    return result
 
 
 def training_clips(n, seed):
@@ -539,6 +556,11 @@ def report(results, args, seconds):
         "growth is the peak resident set (sampled every 2 ms) above the resident set just "
         "before. Goal: within 20 % between 500 and 5,000 clips"
         + (f" (measured {growth[-1] / growth[0] - 1:+.0%})." if len(growth) > 1 else "."),
+        *([""] + [f"Long clips: {m['clips']} paths of 5 s at 16 kHz ({args.memory_long_files} "
+                  f"files cut from FSDD laid end to end, repeated and shuffled): peak RSS "
+                  f"growth {m['peak_rss_growth_mb']:.0f} MB, {m['clips'] / m['seconds']:.0f} "
+                  "clips/s. Here a chunk of 512 clips holds 164 MB of samples; clips are "
+                  "read a batch at a time." for m in results.get("memory_long", [])]),
         "",
         "## Training epochs with and without the front-end cache",
         "",
@@ -697,6 +719,11 @@ def main(argv=None):
     parser.add_argument("--compile-timeout", type=int, default=300,
                         help="seconds allowed to the torch.compile child (default: 300)")
     parser.add_argument("--memory-clips", type=int, nargs="+", default=[500, 2000, 5000])
+    parser.add_argument("--memory-long-files", type=int, default=200,
+                        help="distinct 5 s files for the long-clip memory row (default: 200)")
+    parser.add_argument("--memory-long-clips", type=int, default=600,
+                        help="5 s clips (files repeated) in that row; 0 skips it "
+                             "(default: 600)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for the ratio, epoch and precision sections "
@@ -726,6 +753,7 @@ def main(argv=None):
         args.clips, args.uniform_clips, args.thread_clips = 64, 8, 64
         args.thread_train_clips, args.train_clips, args.precision_clips = 32, 48, 48
         args.memory_files, args.memory_clips, args.repeats = 64, [64, 256], 1
+        args.memory_long_files, args.memory_long_clips = 8, 16
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
     results = {"date": _common.now(), "machine": _common.machine("cpu"),
@@ -739,6 +767,8 @@ def main(argv=None):
             results["transform"] = transform_ratios(args, backbones)
         if "memory" in sections:
             results["memory"] = memory(args, tmp)
+            if args.memory_long_clips:
+                results["memory_long"] = memory_long_clips(args, tmp)
         if "epochs" in sections:
             results["epochs"] = epoch_times(args, backbones)
         if "precision" in sections:

@@ -13,7 +13,7 @@ import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._input import as_clip_list, load_waveforms
+from ._input import as_clip_list, expected_length, load_waveforms
 from ._windows import max_samples
 from ._device import resolve_device
 from ._distributed import broadcast_from_rank0, process_group
@@ -51,8 +51,8 @@ ENCODER_PARAMETER_CONSTRAINTS = {
     "verbose": ["verbose"],
 }
 
-# Clips read and embedded at a time by transform/predict: bounds memory on long inputs
-# while leaving enough clips to batch by similar length.
+# Clips sorted by length together by transform/predict (then read a batch at a time):
+# enough to batch clips of similar length, and a bound on what is planned ahead.
 _STREAM_CLIPS = 512
 
 _CALLBACK_HOOKS = ("on_train_begin", "on_epoch_end", "on_train_end")
@@ -149,8 +149,9 @@ class AudioEncoderMixin:
     def _embed(self, X):
         """Pooled embeddings of ``X`` from the fitted encoder, with a progress bar.
 
-        The input is read, resampled and featurized in chunks of ``_STREAM_CLIPS``
-        clips by a background thread while this one runs the encoder
+        The input is read, resampled and featurized a batch at a time (clips sorted
+        by length in chunks of ``_STREAM_CLIPS``) by a background thread while this
+        one runs the encoder
         (:mod:`._inference`), so memory stays flat however many clips (or files) ``X``
         holds; torch's threads follow ``n_threads`` (:mod:`._threads`: with None, at
         most torch's setting, fewer while other processes hold cores; the embeddings
@@ -169,9 +170,13 @@ class AudioEncoderMixin:
         device = resolve_device(self.device)
         backbone = self._inference_backbone().to(device)
 
-        def load_chunk(chunk, first_index):
+        def load_chunk(chunk, indices):
             return load_waveforms(chunk, sampling_rate=self.sampling_rate,
-                                  target_rate=backbone.sampling_rate, first_index=first_index)
+                                  target_rate=backbone.sampling_rate, indices=indices)
+
+        def length_of(clip):
+            return expected_length(clip, sampling_rate=self.sampling_rate,
+                                   target_rate=backbone.sampling_rate)
 
         with tqdm(total=len(clips), desc="embed", unit="clip", disable=not self.verbose,
                   leave=False) as bar, thread_policy(self.n_threads, inference=True) as threads:
@@ -179,7 +184,7 @@ class AudioEncoderMixin:
                 backbone, clips, load_chunk=load_chunk, chunk_size=_STREAM_CLIPS,
                 layer=self._layer_of(backbone), batch_size=self.batch_size,
                 max_samples=self._window_samples(backbone), device=device,
-                threads=threads, progress=bar,
+                length_of=length_of, threads=threads, progress=bar,
             )
 
     def _fit_encoder(self, X, y, *, validation_data, desc, beside=None):

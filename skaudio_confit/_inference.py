@@ -1,16 +1,17 @@
 """Streamed inference: clips read and featurized in a background thread, encoded here.
 
 ``transform`` and ``predict`` go through :func:`embed_stream`. A producer thread
-reads a chunk of clips (files, resampling), cuts them into windows, sorts the
-windows by length into batches and runs the backbone's front end on each batch
-(``featurize``), handing the batches over through a small bounded queue; the calling
-thread runs the encoder on them, so reading and the front end overlap with the
+sorts a chunk of clips by their expected length (a file's header, an array's shape),
+reads them (files, resampling) a batch's worth at a time in that order, cuts them
+into windows, batches the windows by length and runs the backbone's front end on each
+batch (``featurize``), handing the batches over through a small bounded queue; the
+calling thread runs the encoder on them, so reading and the front end overlap with the
 encoder: file reads (which wait on the disk, not the CPU) always, computation where
 a core is left over (when the encoder's threads take every core, the two share them).
-Memory stays flat: at most one chunk of waveforms (each batch's samples are dropped
-once featurized) and a few featurized batches are alive, per-window results are
-folded into the output as they come, and a chunk's rows are written (and freed memory
-handed back to the system) as soon as its last batch is encoded.
+Memory stays flat: one group of waveforms (dropped once featurized) and a few
+featurized batches are alive, per-window results are folded into the output as they
+come, and a chunk's rows are written (and freed memory handed back to the system) as
+soon as its last batch is encoded.
 """
 
 from __future__ import annotations
@@ -34,21 +35,27 @@ _DONE = object()
 
 
 class _Chunk:
-    """Where the windows of one chunk of clips go: ``start`` row, window owners."""
+    """Where the windows of one chunk of clips go: its first row and its clip count."""
 
-    def __init__(self, start, n_clips, owners):
+    def __init__(self, start, n_clips):
         self.start = start
         self.n_clips = n_clips
-        self.owners = owners  # chunk-relative clip index of each window
 
 
 _END = object()  # after a chunk's last batch
 
 
-def _produce(load_chunk, clips, chunk_size, backbone, max_samples, batch_size, out, stop):
-    """Fill ``out`` with, per chunk, a ``_Chunk`` marker, ``(window indices, batch,
-    rows)`` items (``rows``: clips x encoder frames, what :func:`batch_threads` reads)
-    and ``_END``."""
+def _produce(load_chunk, length_of, clips, chunk_size, backbone, max_samples, batch_size,
+             out, stop):
+    """Fill ``out`` with, per chunk, a ``_Chunk`` marker, ``(owners, batch, rows)``
+    items (``owners``: the chunk-relative clip of each window; ``rows``: clips x
+    encoder frames, what :func:`batch_threads` reads) and ``_END``.
+
+    A chunk's clips are sorted by their expected length (``length_of``: a file's
+    header, an array's shape) and read ``batch_size`` at a time in that order, so
+    batches hold clips of similar length while only one group of waveforms is alive:
+    reading ahead costs one batch of samples, not a chunk.
+    """
 
     def put(item):
         while not stop.is_set():
@@ -62,30 +69,39 @@ def _produce(load_chunk, clips, chunk_size, backbone, max_samples, batch_size, o
     # The front end and resampling run torch ops: one thread here, so that the encoder
     # keeps the cores its thread policy chose.
     torch.set_num_threads(1)
+    exact_length = not backbone.padding_invariant
     try:
         for start in range(0, len(clips), chunk_size):
-            waves = load_chunk(clips[start:start + chunk_size], start)
-            items, owners = [], []
-            for i, wave in enumerate(waves):
-                windows = prepare_clip(wave, backbone, max_samples)
-                items.extend(windows)
-                owners.extend([i] * len(windows))
-            del waves
-            if not put(_Chunk(start, min(chunk_size, len(clips) - start),
-                              np.asarray(owners))):
+            chunk = clips[start:start + chunk_size]
+            if not put(_Chunk(start, len(chunk))):
                 return
-            batches = length_batches([len(w) for w in items], batch_size,
-                                     exact_length=not backbone.padding_invariant)
-            for idx in batches:
-                windows = [items[i] for i in idx]
-                for i in idx:  # the batch's samples are not needed once featurized
-                    items[i] = None
-                with torch.inference_mode():
-                    batch = backbone.featurize(windows)
-                rows = encoder_rows(backbone, windows)
-                del windows
-                if not put((idx, batch, rows)):
-                    return
+            order = np.argsort([length_of(clip) for clip in chunk], kind="stable")
+            unread = set(range(len(chunk)))
+            for first in range(0, len(order), batch_size):
+                group = order[first:first + batch_size]
+                try:
+                    waves = load_chunk([chunk[i] for i in group], start + group)
+                except Exception as exc:
+                    raise _first_error(load_chunk, chunk, start, unread) or exc
+                unread.difference_update(group.tolist())
+                items, owners = [], []
+                for i, wave in zip(group, waves):
+                    windows = prepare_clip(wave, backbone, max_samples)
+                    items.extend(windows)
+                    owners.extend([i] * len(windows))
+                del waves
+                owners = np.asarray(owners)
+                for idx in length_batches([len(w) for w in items], batch_size,
+                                          exact_length=exact_length):
+                    windows = [items[i] for i in idx]
+                    for i in idx:  # the batch's samples are not needed once featurized
+                        items[i] = None
+                    with torch.inference_mode():
+                        batch = backbone.featurize(windows)
+                    rows = encoder_rows(backbone, windows)
+                    del windows
+                    if not put((owners[idx], batch, rows)):
+                        return
             if not put(_END):
                 return
         put(_DONE)
@@ -93,8 +109,22 @@ def _produce(load_chunk, clips, chunk_size, backbone, max_samples, batch_size, o
         put(exc)
 
 
+def _first_error(load_chunk, chunk, start, unread):
+    """The error of the first clip, in input order, of ``unread`` that cannot be read.
+
+    Clips are read in order of length; an input with several bad clips still gets the
+    error of its first one, as when everything was read in order.
+    """
+    for i in sorted(unread):
+        try:
+            load_chunk([chunk[i]], [start + i])
+        except Exception as exc:  # noqa: BLE001 - returned to be raised by the caller
+            return exc
+    return None
+
+
 def embed_stream(backbone, clips, *, load_chunk, chunk_size, layer, batch_size,
-                 max_samples, device, threads=None, progress=None):
+                 max_samples, device, length_of=len, threads=None, progress=None):
     """Mean-pooled embeddings of ``clips``, one row per clip, read and encoded in a stream.
 
     Parameters
@@ -104,10 +134,14 @@ def embed_stream(backbone, clips, *, load_chunk, chunk_size, layer, batch_size,
     clips : list
         Clips as :func:`~skaudio_confit._input.as_clip_list` returns them.
     load_chunk : callable
-        ``load_chunk(clips, first_index) -> list of waveforms`` at the backbone's rate;
-        runs in the producer thread, its errors are raised in the caller's.
+        ``load_chunk(clips, indices) -> list of waveforms`` at the backbone's rate
+        (``indices``: the clips' positions in ``clips``, for error messages); runs in
+        the producer thread, its errors are raised in the caller's.
     chunk_size : int
-        Clips read at a time (bounds memory; windows are batched within a chunk).
+        Clips sorted by length together (clips of similar length share batches).
+    length_of : callable
+        A clip's expected length (any unit common to all clips), read before the clip
+        is: it orders the reads. The embeddings do not depend on it.
     layer : int
         Hidden layer pooled.
     max_samples : int or None
@@ -126,8 +160,8 @@ def embed_stream(backbone, clips, *, load_chunk, chunk_size, layer, batch_size,
     stop = threading.Event()
     producer = threading.Thread(
         target=_produce, name="skaudio-confit-reader", daemon=True,
-        args=(load_chunk, clips, chunk_size, backbone, max_samples, batch_size, handoff,
-              stop),
+        args=(load_chunk, length_of, clips, chunk_size, backbone, max_samples, batch_size,
+              handoff, stop),
     )
     memory = MemoryKeeper()
     was_training = backbone.training
@@ -156,19 +190,20 @@ def embed_stream(backbone, clips, *, load_chunk, chunk_size, layer, batch_size,
                 if isinstance(item, _Chunk):
                     chunk, shown = item, 0
                     sums = np.zeros((chunk.n_clips, backbone.hidden_size))
-                    counts = np.bincount(chunk.owners, minlength=chunk.n_clips)
+                    counts = np.zeros(chunk.n_clips)
                     continue
                 if threads is not None:
                     threads.update()
-                idx, batch, rows = item
+                owners, batch, rows = item
                 with batch_threads(rows):
                     hidden, frame_mask = backbone(batch_to(batch, device), layer)
                     pooled = masked_mean(hidden.float(), frame_mask).cpu().numpy()
-                np.add.at(sums, chunk.owners[idx], pooled)
+                np.add.at(sums, owners, pooled)
+                np.add.at(counts, owners, 1)
                 del hidden, frame_mask, batch
                 memory.check()
                 if progress is not None:  # windows as clips, the rest when the chunk ends
-                    step = min(len(idx), chunk.n_clips - shown)
+                    step = min(len(owners), chunk.n_clips - shown)
                     progress.update(step)
                     shown += step
     finally:

@@ -246,7 +246,8 @@ def _pcm_to_float(arr, index):
         return arr.astype(np.float32)
     return (arr.astype(np.float64) / scale).astype(np.float32)
 
-def load_waveforms(X, *, sampling_rate, target_rate, first_index=0, warn_file_rates=False):
+def load_waveforms(X, *, sampling_rate, target_rate, first_index=0, indices=None,
+                   warn_file_rates=False):
     """Validate ``X`` and return a list of mono float32 waveforms at ``target_rate``.
 
     Parameters
@@ -264,6 +265,9 @@ def load_waveforms(X, *, sampling_rate, target_rate, first_index=0, warn_file_ra
     first_index : int, default=0
         Index of the first clip in error messages, when ``X`` is one chunk of a
         longer input.
+    indices : sequence of int or None, default=None
+        Index of each clip in error messages (instead of ``first_index`` onwards),
+        when ``X`` holds clips picked from a longer input.
     warn_file_rates : bool, default=False
         Warn when files are at a rate other than ``sampling_rate``: set when the user
         gave ``sampling_rate`` explicitly, who may expect it to apply to files too.
@@ -278,7 +282,9 @@ def load_waveforms(X, *, sampling_rate, target_rate, first_index=0, warn_file_ra
     if len(clips) == 0:
         raise ValueError("X is empty: at least one clip is required.")
     with_rates = []
-    for i, clip in enumerate(clips, start=first_index):
+    if indices is None:
+        indices = range(first_index, first_index + len(clips))
+    for i, clip in zip(indices, clips):
         if _is_path(clip):
             with_rates.append((*read_audio_file(clip), f"Audio file {os.fspath(clip)!r}"))
         else:
@@ -286,6 +292,26 @@ def load_waveforms(X, *, sampling_rate, target_rate, first_index=0, warn_file_ra
     if warn_file_rates:
         _warn_file_rates(clips, with_rates, sampling_rate)
     return resample_clips(with_rates, target_rate)
+
+
+def expected_length(clip, *, sampling_rate, target_rate):
+    """A clip's length in samples at ``target_rate``, known before it is read.
+
+    From a file's header or an array's shape (its longest axis: channels are the
+    shorter one). Only orders the reads of a streamed ``transform`` (clips of similar
+    length batched together), so anything unreadable counts as 0 and is reported when
+    the clip itself is read.
+    """
+    try:
+        if _is_path(clip):
+            import soundfile as sf
+
+            info = sf.info(os.fspath(clip))
+            return info.frames * target_rate / info.samplerate
+        shape = np.shape(clip)
+        return (max(shape) if shape else 0) * target_rate / sampling_rate
+    except Exception:  # noqa: BLE001 - reported when the clip is read
+        return 0
 
 
 def _warn_file_rates(clips, with_rates, sampling_rate):

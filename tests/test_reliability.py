@@ -946,7 +946,9 @@ def assert_fails_fast_with_instructions(result, repo_id):
     assert f"hf download {repo_id}" in message and "snapshot_download" in message
     assert "pass that directory" in message
     assert "Retrying" not in message
-    assert result["seconds"] < 15, result
+    # A few 2 s timeouts (about 12 s idle, 16 s with both cores busy), not the
+    # minutes of a retry loop.
+    assert result["seconds"] < 40, result
 
 
 def test_uncached_hub_id_with_an_unreachable_hub_fails_fast(tmp_path):

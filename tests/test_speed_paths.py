@@ -11,13 +11,14 @@ import threading
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from conftest import make_class_sines
 
 from skaudio_confit import FineTuneClassifier, PairTuneTransformer, _threads
 from skaudio_confit._front_cache import FrontEndCache, front_end_cache
 from skaudio_confit._inference import embed_stream
-from skaudio_confit._input import load_waveforms
+from skaudio_confit._input import expected_length, load_waveforms
 from skaudio_confit._memory import MemoryKeeper, release_free_memory
 from skaudio_confit._pooling import embed_waveforms
 from skaudio_confit._training import shuffled_batches, train_encoder
@@ -137,16 +138,22 @@ def test_stream_equals_plain_batched_embedding(family, chunk_size, tiny_whisper_
     plain = embed_waveforms(backbone, waves, layer=1, batch_size=4, max_samples=4000)
     calls = []
 
-    def load_chunk(chunk, first_index):
-        calls.append((first_index, len(chunk)))
+    def load_chunk(chunk, indices):
+        calls.append(list(indices))
         return list(chunk)
 
     streamed = embed_stream(backbone, waves, load_chunk=load_chunk, chunk_size=chunk_size,
                             layer=1, batch_size=4, max_samples=4000,
                             device=torch.device("cpu"))
     np.testing.assert_allclose(streamed, plain, rtol=1e-5, atol=1e-6)
-    assert [start for start, _ in calls] == list(range(0, len(X), chunk_size))
-    assert sum(n for _, n in calls) == len(X)
+    # Every clip read once, at most a batch's worth at a time, in order of length
+    # within each chunk.
+    assert sorted(i for call in calls for i in call) == list(range(len(X)))
+    assert max(len(call) for call in calls) <= 4
+    lengths = [len(w) for w in waves]
+    for start in range(0, len(X), chunk_size):
+        read = [i for call in calls for i in call if start <= i < start + chunk_size]
+        assert [lengths[i] for i in read] == sorted(lengths[i] for i in read)
 
 
 def test_stream_raises_the_readers_error_and_stops_the_thread(tiny_whisper_encoder_dir,
@@ -207,6 +214,40 @@ def test_stream_holds_python_memory_independent_of_the_clip_count(tiny_whisper_e
     output_growth = (400 - 40) * backbone.hidden_size * 4
     # One chunk of waveforms is ~0.9 MB here; keeping them all would add ~8 MB.
     assert large - small < output_growth + one_chunk_samples
+
+
+def test_stream_reads_a_batch_of_samples_at_a_time_not_a_chunk(tiny_whisper_encoder_dir):
+    # Clips are sorted by their expected length and read a batch's worth at a time, so
+    # the waveforms alive at the peak are a batch's, however large a chunk is.
+    import tracemalloc
+
+    backbone = load_backbone(tiny_whisper_encoder_dir)
+    rng = np.random.default_rng(1)
+    clips = [rng.standard_normal(int(n)).astype(np.float32)
+             for n in rng.integers(1600, 8000, size=200)]
+    tracemalloc.start()
+    try:
+        embed_stream(backbone, clips, load_chunk=lambda c, i: [w.copy() for w in c],
+                     chunk_size=200, layer=1, batch_size=8, max_samples=None,
+                     device=torch.device("cpu"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    output = len(clips) * backbone.hidden_size * 8  # the float64 sums of the chunk
+    assert peak - output < sum(w.nbytes for w in clips) / 4
+
+
+def test_expected_length_reads_headers_and_shapes(tmp_path):
+    path = tmp_path / "clip.wav"
+    sf.write(str(path), np.zeros(8000, dtype=np.float32), 8000)
+    assert expected_length(path, sampling_rate=16000, target_rate=16000) == 16000
+    assert expected_length(str(path), sampling_rate=16000, target_rate=16000) == 16000
+    stereo = np.zeros((2, 4000), dtype=np.float32)
+    assert expected_length(stereo, sampling_rate=8000, target_rate=16000) == 8000
+    assert expected_length([0.0] * 10, sampling_rate=16000, target_rate=16000) == 10
+    # Unreadable: ordered first, reported when read.
+    assert expected_length(tmp_path / "missing.wav", sampling_rate=16000,
+                           target_rate=16000) == 0
 
 
 def test_memory_keeper_trims_only_past_its_threshold(monkeypatch):
