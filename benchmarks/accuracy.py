@@ -648,9 +648,10 @@ def merge_reports(paths):
             for method, res in r["results"][name].items():
                 for row in res["per_seed"]:
                     seeds = report["seeds"] if method.startswith("Frozen") else [row["seed"]]
+                    # A task of one split (no folds) counts as one fold, "all".
+                    per_fold = row.get("per_fold", {"all": row["accuracy"]})
                     for seed in seeds:  # the frozen encoder's folds hold for every seed
-                        folds.setdefault(method, {}).setdefault(seed, {}).update(
-                            row["per_fold"])
+                        folds.setdefault(method, {}).setdefault(seed, {}).update(per_fold)
         results = {}
         for method in ALL_METHODS:
             if method not in folds:
