@@ -239,6 +239,7 @@ class AudioEncoderMixin:
                                                                   backbone)
             elif valid_idx is not None:
                 valid_waves, valid_codes = [waves[i] for i in valid_idx], codes[valid_idx]
+
             def embed(clips):
                 return self._embed_waves(backbone, clips, device)
 

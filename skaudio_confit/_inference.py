@@ -82,7 +82,7 @@ def _produce(load_chunk, length_of, clips, chunk_size, backbone, max_samples, ba
                 try:
                     waves = load_chunk([chunk[i] for i in group], start + group)
                 except Exception as exc:
-                    raise _first_error(load_chunk, chunk, start, unread) or exc
+                    raise (_first_error(load_chunk, chunk, start, unread) or exc) from None
                 unread.difference_update(group.tolist())
                 items, owners = [], []
                 for i, wave in zip(group, waves):
