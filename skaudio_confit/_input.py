@@ -246,8 +246,7 @@ def _pcm_to_float(arr, index):
         return arr.astype(np.float32)
     return (arr.astype(np.float64) / scale).astype(np.float32)
 
-def load_waveforms(X, *, sampling_rate, target_rate, first_index=0, indices=None,
-                   warn_file_rates=False):
+def load_waveforms(X, *, sampling_rate, target_rate, indices=None, warn_file_rates=False):
     """Validate ``X`` and return a list of mono float32 waveforms at ``target_rate``.
 
     Parameters
@@ -262,12 +261,9 @@ def load_waveforms(X, *, sampling_rate, target_rate, first_index=0, indices=None
         Rate of the in-memory arrays, in Hz.
     target_rate : float
         Rate the backbone expects, in Hz.
-    first_index : int, default=0
-        Index of the first clip in error messages, when ``X`` is one chunk of a
-        longer input.
     indices : sequence of int or None, default=None
-        Index of each clip in error messages (instead of ``first_index`` onwards),
-        when ``X`` holds clips picked from a longer input.
+        Index of each clip in error messages, when ``X`` holds clips picked from a
+        longer input (None: 0, 1, 2, ...).
     warn_file_rates : bool, default=False
         Warn when files are at a rate other than ``sampling_rate``: set when the user
         gave ``sampling_rate`` explicitly, who may expect it to apply to files too.
@@ -282,9 +278,7 @@ def load_waveforms(X, *, sampling_rate, target_rate, first_index=0, indices=None
     if len(clips) == 0:
         raise ValueError("X is empty: at least one clip is required.")
     with_rates = []
-    if indices is None:
-        indices = range(first_index, first_index + len(clips))
-    for i, clip in zip(indices, clips):
+    for i, clip in zip(range(len(clips)) if indices is None else indices, clips):
         if _is_path(clip):
             with_rates.append((*read_audio_file(clip), f"Audio file {os.fspath(clip)!r}"))
         else:
