@@ -273,29 +273,27 @@ print(json.dumps({{"clips": n, "rss_mb_before": before, "seconds": seconds,
 
 def memory(args, tmp):
     """Peak RSS growth of transform over file paths, each size in a fresh process."""
-    import soundfile as sf
-
     clips, _, rate = fsdd_clips(args.memory_files, seed=3)
-    paths = []
-    for i, clip in enumerate(clips):
-        path = Path(tmp) / f"clip{i:04d}.wav"
-        sf.write(str(path), clip, int(rate))
-        paths.append(str(path))
-    results = [_memory_child(n, paths) for n in args.memory_clips]
-    return results
+    paths = _write_wavs(clips, rate, tmp, "clip")
+    return [_memory_child(n, paths) for n in args.memory_clips]
 
 
 def memory_long_clips(args, tmp):
     """The same measure on 5 s clips, where a chunk of waveforms is large."""
+    waves, rate = uniform_clips(args.memory_long_files, seed=4)
+    return [_memory_child(args.memory_long_clips, _write_wavs(waves, rate, tmp, "long"))]
+
+
+def _write_wavs(waves, rate, tmp, stem):
+    """Write ``waves`` as WAV files ``tmp/{stem}NNNN.wav``; return their paths."""
     import soundfile as sf
 
-    waves, rate = uniform_clips(args.memory_long_files, seed=4)
     paths = []
     for i, wave in enumerate(waves):
-        path = Path(tmp) / f"long{i:04d}.wav"
+        path = Path(tmp) / f"{stem}{i:04d}.wav"
         sf.write(str(path), wave, int(rate))
         paths.append(str(path))
-    return [_memory_child(args.memory_long_clips, paths)]
+    return paths
 
 
 def _memory_child(n, paths):
