@@ -180,7 +180,7 @@ def transform_ratios(args, backbones):
 
     from skaudio_confit import PairTuneTransformer
     from skaudio_confit._input import load_waveforms
-    from skaudio_confit._pooling import length_batches, masked_mean, prepare_clip
+    from skaudio_confit._pooling import inference_batches, masked_mean, prepare_clip
     from skaudio_confit._threads import ThreadPolicy
 
     fsdd, y, rate = fsdd_clips(args.clips)
@@ -199,7 +199,8 @@ def transform_ratios(args, backbones):
             window = model._window_samples(backbone)
             items = [w for wave in waves for w in prepare_clip(wave, backbone, window)]
             batches = [backbone.featurize([items[i] for i in idx])
-                       for idx in length_batches([len(w) for w in items], model.batch_size)]
+                       for idx in inference_batches(backbone, [len(w) for w in items],
+                                                    model.batch_size, "cpu")]
 
             def bare():
                 with torch.inference_mode():

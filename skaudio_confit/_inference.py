@@ -24,7 +24,7 @@ import torch
 
 from ._device import autocast
 from ._memory import MemoryKeeper, release_free_memory
-from ._pooling import encoder_rows, length_batches, masked_mean, prepare_clip
+from ._pooling import encoder_rows, inference_batches, masked_mean, prepare_clip
 from ._threads import batch_threads, invariant_inference
 from .backbones._base import batch_to
 
@@ -46,7 +46,7 @@ _END = object()  # after a chunk's last batch
 
 
 def _produce(load_chunk, length_of, clips, chunk_size, backbone, max_samples, batch_size,
-             out, stop):
+             device, out, stop):
     """Fill ``out`` with, per chunk, a ``_Chunk`` marker, ``(owners, batch, rows)``
     items (``owners``: the chunk-relative clip of each window; ``rows``: clips x
     encoder frames, what :func:`batch_threads` reads) and ``_END``.
@@ -69,7 +69,6 @@ def _produce(load_chunk, length_of, clips, chunk_size, backbone, max_samples, ba
     # The front end and resampling run torch ops: one thread here, so that the encoder
     # keeps the cores its thread policy chose.
     torch.set_num_threads(1)
-    exact_length = not backbone.padding_invariant
     try:
         for start in range(0, len(clips), chunk_size):
             chunk = clips[start:start + chunk_size]
@@ -91,8 +90,8 @@ def _produce(load_chunk, length_of, clips, chunk_size, backbone, max_samples, ba
                     owners.extend([i] * len(windows))
                 del waves
                 owners = np.asarray(owners)
-                for idx in length_batches([len(w) for w in items], batch_size,
-                                          exact_length=exact_length):
+                for idx in inference_batches(backbone, [len(w) for w in items],
+                                             batch_size, device):
                     windows = [items[i] for i in idx]
                     for i in idx:  # the batch's samples are not needed once featurized
                         items[i] = None
@@ -161,7 +160,7 @@ def embed_stream(backbone, clips, *, load_chunk, chunk_size, layer, batch_size,
     producer = threading.Thread(
         target=_produce, name="skaudio-confit-reader", daemon=True,
         args=(load_chunk, length_of, clips, chunk_size, backbone, max_samples, batch_size,
-              handoff, stop),
+              device, handoff, stop),
     )
     memory = MemoryKeeper()
     was_training = backbone.training

@@ -22,7 +22,13 @@ from safetensors.torch import load_file
 
 from skaudio_confit._windows import split_windows
 from skaudio_confit._device import resolve_device
-from skaudio_confit._pooling import embed_waveforms, length_batches, masked_mean
+from skaudio_confit._pooling import (
+    CPU_BATCH_ROWS,
+    embed_waveforms,
+    inference_batches,
+    length_batches,
+    masked_mean,
+)
 from skaudio_confit.backbones import (
     SUPPORTED_MODEL_TYPES,
     AudioBackbone,
@@ -627,6 +633,73 @@ def test_length_batches_cover_every_clip_once(exact_length):
     assert [lengths[i] for i in flat] == sorted(lengths)
     again = length_batches(lengths, 2, exact_length=exact_length)
     assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+
+
+@pytest.mark.parametrize("exact_length", [False, True])
+def test_length_batches_cut_at_max_rows(exact_length):
+    lengths = [5, 3, 5, 9, 3, 3, 5, 1, 9, 5, 40]
+    frames = [2 * n for n in lengths]  # rows of a batch: clips x the longest's frames
+    uncut = length_batches(lengths, 4, exact_length=exact_length)
+    batches = length_batches(lengths, 4, exact_length=exact_length, frames=frames,
+                             max_rows=30)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    assert [lengths[i] for i in flat] == [lengths[i] for i in np.concatenate(uncut)]
+    for batch in batches:
+        assert 1 <= len(batch) <= 4
+        # the 40-sample clip alone passes the limit, and goes in a batch of its own
+        assert len(batch) * max(frames[i] for i in batch) <= 30 or len(batch) == 1
+    assert len(batches) > len(uncut)
+    # every cut is needed: joining a piece with the next clip of its batch passes it
+    pieces = iter(batches)
+    for batch in uncut:
+        done = 0
+        while done < len(batch):
+            piece = next(pieces)
+            done += len(piece)
+            if done < len(batch):
+                assert (len(piece) + 1) * frames[batch[done]] > 30
+
+
+def test_inference_batches_are_cut_on_cpu_only(loaded):
+    backbone = loaded("tiny_whisper_encoder_dir")
+    long = 16000 * 25  # 1250 encoder frames: two such clips pass CPU_BATCH_ROWS
+    assert 2 * backbone.encoder_frames(long) > CPU_BATCH_ROWS
+    lengths = [long] * 4 + [1600] * 4
+    cpu = inference_batches(backbone, lengths, 4, "cpu")
+    assert [len(b) for b in cpu] == [4, 1, 1, 1, 1]
+    assert [len(b) for b in inference_batches(backbone, lengths, 4, "meta")] == [4, 4]
+
+
+@pytest.mark.parametrize("name", ["tiny_wav2vec2_layer_dir", "tiny_wav2vec2_group_dir"])
+def test_conv_feature_encoder_runs_clip_by_clip_on_cpu(name, loaded, monkeypatch):
+    """On CPU even an unpadded batch goes through the conv stack one clip at a time
+    (faster there), with the same result as the batched stack."""
+    backbone = loaded(name)
+    waves = random_clips([3200] * 3, seed=4)
+    calls = []
+    encoder = backbone.model.feature_extractor
+    monkeypatch.setattr(encoder, "forward", _counting(encoder.forward, calls))
+    batch = backbone.featurize(waves)
+    with torch.inference_mode():
+        hidden, _ = backbone(batch)
+        assert [c.shape[0] for c in calls] == [1, 1, 1]
+        batched_features = encoder(batch["input_values"])
+        calls.clear()
+        expected = backbone.model.encoder(
+            backbone.model.feature_projection(batched_features.transpose(1, 2))[0]
+        ).last_hidden_state
+    torch.testing.assert_close(hidden, expected, rtol=0, atol=1e-5)
+    with torch.inference_mode():
+        backbone(backbone.featurize(waves[:1]))
+    assert [c.shape[0] for c in calls] == [1]  # one clip: the stack as it is
+
+
+def _counting(forward, calls):
+    def counted(values):
+        calls.append(values)
+        return forward(values)
+    return counted
 
 
 # --------------------------------------------------------------------------------------
