@@ -170,6 +170,7 @@ def embed_stream(backbone, clips, *, load_chunk, chunk_size, layer, batch_size,
     def finish(chunk):
         out[chunk.start:chunk.start + chunk.n_clips] = sums / counts[:, None]
         release_free_memory()
+        memory.reset()
         if progress is not None:
             progress.update(chunk.n_clips - shown)
 

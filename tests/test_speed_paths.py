@@ -260,12 +260,29 @@ def test_memory_keeper_trims_only_past_its_threshold(monkeypatch):
     monkeypatch.setattr(_memory, "release_free_memory", lambda: trims.append(rss["value"]))
     monkeypatch.setattr(_memory, "_malloc_trim", lambda: object())
     keeper = MemoryKeeper(growth=10 * 2**20)
+    keeper.check()  # the first check reads the working set
     rss["value"] += 5 * 2**20
     keeper.check()
     assert trims == []
     rss["value"] += 6 * 2**20
     keeper.check()
     assert len(trims) == 1
+    # The trim hands pages back that the next batch takes again: that working set,
+    # read at the check after a trim, is not growth.
+    rss["value"] = 100 * 2**20  # one batch after the trim: its working set is back
+    keeper.check()
+    rss["value"] = 109 * 2**20
+    keeper.check()
+    assert len(trims) == 1
+    rss["value"] = 111 * 2**20
+    keeper.check()
+    assert len(trims) == 2
+    keeper.reset()  # after a trim by someone else, the working set is read again
+    rss["value"] = 130 * 2**20
+    keeper.check()
+    rss["value"] = 139 * 2**20
+    keeper.check()
+    assert len(trims) == 2
 
 
 # --------------------------------------------------------------------- front-end cache
