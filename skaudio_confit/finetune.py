@@ -50,7 +50,9 @@ class FineTuneClassifier(EncoderPersistenceMixin, AudioEncoderMixin,
     epochs : int, default=5
         Passes over the training clips.
     batch_size : int, default=32
-        Clips per batch (shuffled batches), also at prediction.
+        Clips per batch (shuffled batches); also the most clips of a batch at
+        prediction (on CPU, prediction batches also stop at 2,048 clips x frames,
+        where larger ones run slower).
     learning_rate : float, default=1e-4
         Peak AdamW learning rate of the encoder (the paper: 5e-5).
     head_learning_rate : float or None, default=None

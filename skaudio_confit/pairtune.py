@@ -69,7 +69,9 @@ class PairTuneTransformer(
         Passes over the training clips. 0 returns the pretrained encoder untouched
         (the frozen baseline).
     batch_size : int, default=32
-        Clips per training batch; also the inference batch size.
+        Clips per training batch; also the most clips of an inference batch (on CPU,
+        inference batches also stop at 2,048 clips x frames, where larger ones
+        run slower).
     samples_per_class : int, default=4
         Clips of each class in a training batch (at least 2, so every anchor has a
         positive).
