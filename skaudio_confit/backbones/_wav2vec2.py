@@ -189,8 +189,8 @@ class Wav2Vec2FamilyBackbone(AudioBackbone):
         A padded batch through a group-norm encoder must (exactness). On CPU every
         batch does: the stack's first activations (hundreds of channels at a fifth of
         the sample rate) overflow the caches when batched, so clip by clip is faster,
-        forward and backward (5 s clips, tiny model: 49 against 83-90 ms per clip in
-        batches of 8-32); it is exact, as each clip's frames never see another's
+        forward and backward (5 s clips, tiny model: 49 against 83-91 ms per clip in
+        batches of 4-32); it is exact, as each clip's frames never see another's
         samples. On a GPU a batch keeps the device busy.
         """
         if len(values) < 2:
