@@ -161,7 +161,6 @@ def build_backbone(config, state_dict=None, do_normalize=True):
 
 def _wrap(model, do_normalize):
     model = model.float()
-    _own_storage(model)
     model.config.use_cache = False
     if model.config.model_type == "whisper":
         return WhisperEncoderBackbone(model)
@@ -322,5 +321,6 @@ def load_backbone(name_or_path=None):
             f"truncated ({exc})."
         ) from None
     _check_loading_info(source, config, checked, info)
+    _own_storage(model)  # build_backbone's load_state_dict copies into fresh tensors
     backbone = _wrap(model, do_normalize)
     return backbone.eval()
