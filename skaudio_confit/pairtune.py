@@ -329,7 +329,7 @@ class PairTuneTransformer(
         -------
         self : PairTuneTransformer
         """
-        pretrained = None
+        beside = None
         if self.include_pretrained and self.epochs > 0:
             # Loaded again rather than copied before training, and only when needed
             # (after training, or for the first per-epoch embeddings), so that training
@@ -339,12 +339,11 @@ class PairTuneTransformer(
                 with forked_torch_rng():
                     return self._pretrained_backbone().eval()
 
-            pretrained = FixedBeside(load_copy, lambda copy, waves: self._embed_waves(
+            beside = FixedBeside(load_copy, lambda copy, waves: self._embed_waves(
                 copy, waves, resolve_device(self.device)))
         backbone, _, classes, history = self._fit_encoder(
-            X, y, validation_data=validation_data, desc="PairTune", beside=pretrained)
-        if pretrained is not None:
-            pretrained = pretrained.backbone
+            X, y, validation_data=validation_data, desc="PairTune", beside=beside)
+        pretrained = None if beside is None else beside.backbone
         # Fitted state is set only now, so a failed fit leaves a fitted model as it was.
         self.backbone_ = backbone
         if pretrained is None:
